@@ -1,0 +1,243 @@
+"""Typed run configuration: the YAML schema, loading, and ``--set key=value`` overrides.
+
+The configuration is validated once, here, at the edge. Everything below the CLI takes plain
+values (numbers, tuples, paths) pulled out of these models. Unknown keys and wrong types are
+:class:`~medseg.errors.ConfigError` before any work starts.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from medseg.errors import ConfigError
+
+Triple = tuple[int, int, int]
+NormName = Literal["instance", "group", "batch", "layer"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Where the data is and how it is split and cached."""
+
+    root: Path | None = Field(None, description="MSD-layout folder (dataset.json, imagesTr, labelsTr).")
+    fold: int = Field(0, ge=0, description="Validation fold index, 0 <= fold < num_folds.")
+    num_folds: int = Field(5, ge=2)
+    cache: Literal["memory", "disk", "none"] = "memory"
+    cache_dir: Path = Path(".medseg_cache")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes for augmentation.")
+
+    @model_validator(mode="after")
+    def _fold_in_range(self):
+        if self.fold >= self.num_folds:
+            raise ValueError(f"fold {self.fold} is out of range for num_folds={self.num_folds}")
+        return self
+
+
+class PreprocessConfig(_Strict):
+    """Resampling and intensity normalization (applied identically at training and inference)."""
+
+    target_spacing: tuple[float, float, float] | None = Field(
+        None, description="Voxel spacing in mm along the RAS axes; null = the dataset's median spacing."
+    )
+    image_interpolation: Literal["linear", "spline"] = "linear"
+    crop_foreground: bool = Field(False, description="Crop each volume to its nonzero bounding box.")
+
+    @field_validator("target_spacing")
+    @classmethod
+    def _positive(cls, v):
+        if v is not None and any(s <= 0 for s in v):
+            raise ValueError("target_spacing must be positive (mm)")
+        return v
+
+
+class SamplingConfig(_Strict):
+    """Patch sampling for training."""
+
+    patch_size: Triple | None = Field(None, description="Patch size in voxels; null = derived from the fingerprint.")
+    foreground_oversampling: float = Field(
+        0.33, ge=0.0, le=1.0, description="Share of patches centred on a foreground voxel (classes balanced)."
+    )
+    max_patch_voxels: int = Field(128**3, gt=0, description="Upper bound on a derived patch size.")
+
+
+class AugmentConfig(_Strict):
+    """On-the-fly augmentation; every transform can be switched off."""
+
+    flip: bool = True
+    rotate_scale: bool = True
+    rotation_degrees: float = Field(15.0, ge=0, le=180)
+    scale_range: float = Field(0.1, ge=0, lt=1)
+    gamma: bool = True
+    noise: bool = True
+    brightness_contrast: bool = True
+    probability: float = Field(0.2, ge=0, le=1, description="Probability of each intensity/spatial transform.")
+
+
+class ModelConfig(_Strict):
+    """The 3D U-Net (MONAI DynUNet)."""
+
+    norm: NormName = "instance"
+    num_groups: int = Field(8, ge=1, description="Groups for norm=group.")
+    filters: list[int] = Field(default_factory=lambda: [16, 32, 64, 128])
+    strides: list[int | Triple] = Field(
+        default_factory=lambda: [1, 2, 2, 2], description="Per level; the first is usually 1."
+    )
+    kernel_size: int = Field(3, ge=1)
+    deep_supervision: bool = False
+    res_block: bool = False
+
+    @model_validator(mode="after")
+    def _levels(self):
+        if len(self.filters) != len(self.strides):
+            raise ValueError(f"filters ({len(self.filters)}) and strides ({len(self.strides)}) need one entry per level")
+        if len(self.filters) < 2:
+            raise ValueError("the U-Net needs at least 2 levels")
+        return self
+
+
+class TrainConfig(_Strict):
+    """Optimization."""
+
+    epochs: int = Field(50, ge=1)
+    iterations_per_epoch: int = Field(100, ge=1)
+    batch_size: int = Field(2, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.99, ge=0, lt=1)
+    weight_decay: float = Field(3e-5, ge=0)
+    warmup_epochs: int = Field(0, ge=0)
+    poly_exponent: float = Field(0.9, ge=0)
+    grad_clip: float | None = Field(12.0, gt=0)
+    amp: Literal["bf16", "fp16", "none"] = "bf16"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    deterministic: bool = False
+
+
+class ValidationConfig(_Strict):
+    """Sliding-window validation on whole volumes."""
+
+    every_n_epochs: int = Field(1, ge=1)
+    overlap: float = Field(0.5, ge=0, lt=1)
+    sw_batch_size: int = Field(4, ge=1)
+    hd95: bool = True
+
+
+class TrackingConfig(_Strict):
+    """MLflow."""
+
+    experiment: str = "medseg"
+    tracking_uri: str | None = Field(None, description="null = $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
+
+
+class Config(_Strict):
+    """A whole training run's configuration."""
+
+    seed: int = 0
+    output_dir: Path = Path("runs")
+    data: DataConfig = DataConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    validation: ValidationConfig = ValidationConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {loc}: {msg}" + ("" if e["type"] == "extra_forbidden" else f" (got {e.get('input')!r})"))
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def _set_dotted(doc: dict, dotted: str, value: Any, source: str) -> None:
+    keys = dotted.split(".")
+    node = doc
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {dotted!r}: {k!r} is not a section", source)
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """Parse ``key.sub=value`` strings; values are read as YAML (``2``, ``true``, ``[1,2]``).
+
+    Raises:
+        ConfigError: an override has no ``=`` or an empty key.
+    """
+    out = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} must look like key.subkey=value", "--set")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        out.append((key.strip(), value))
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config, apply ``--set`` overrides, and validate it.
+
+    Args:
+        path: a YAML file; ``None`` starts from the defaults.
+        overrides: ``["train.lr=0.001", "model.norm=group"]``.
+
+    Returns:
+        The validated :class:`Config`.
+
+    Raises:
+        ConfigError: the file is missing or not YAML, a key is unknown, or a value has the wrong type.
+    """
+    source = str(path) if path else "<defaults>"
+    doc: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError("config file not found", p)
+        try:
+            doc = yaml.safe_load(p.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"not valid YAML: {e}", p) from None
+        if not isinstance(doc, dict):
+            raise ConfigError("the top level of a config must be a mapping of sections", p)
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(doc, key, value, source)
+    try:
+        return Config.model_validate(doc)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e), source) from None
+
+
+def config_to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML text (paths as strings)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def flatten(cfg: Config) -> dict[str, str]:
+    """Every resolved value as ``section.key -> str`` (for MLflow params)."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = str(node)
+
+    walk("", cfg.model_dump(mode="json"))
+    return out

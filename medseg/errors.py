@@ -1,0 +1,35 @@
+"""medseg's own error types.
+
+Every error a user can cause (a bad file, a bad config, a bad option) is raised as a
+:class:`MedsegError` subclass. The CLI prints its message without a traceback and exits
+with a non-zero code; ``--debug`` shows the traceback.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MedsegError(Exception):
+    """Base class for errors caused by user input.
+
+    Args:
+        message: what is wrong and, where possible, how to fix it.
+        path: the file or folder the error is about; it is prefixed to the message.
+    """
+
+    def __init__(self, message: str, path: str | Path | None = None):
+        self.path = None if path is None else Path(path)
+        self.reason = message
+        super().__init__(f"{self.path}: {message}" if self.path is not None else message)
+
+
+class ConfigError(MedsegError):
+    """A configuration file or override is invalid (unknown key, wrong type, bad value)."""
+
+
+class DataError(MedsegError):
+    """A dataset, image or label is missing, unreadable or inconsistent."""
+
+
+class ModelError(MedsegError):
+    """A network definition or a model directory is invalid."""

@@ -1,0 +1,1 @@
+"""Inference: sliding window, TTA, mapping back to the input geometry."""

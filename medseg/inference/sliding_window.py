@@ -1,0 +1,52 @@
+"""Sliding-window inference (MONAI SlidingWindowInferer) with Gaussian importance weighting and
+optional mirroring test-time augmentation."""
+from __future__ import annotations
+
+import contextlib
+import itertools
+
+import torch
+from monai.inferers import SlidingWindowInferer
+
+
+def make_inferer(patch_size, overlap: float = 0.5, sw_batch_size: int = 4) -> SlidingWindowInferer:
+    """A MONAI SlidingWindowInferer over ``patch_size`` windows (voxels), ``overlap`` in [0, 1),
+    Gaussian weighting (sigma 1/8 of the window, as nnU-Net), ``sw_batch_size`` windows per forward."""
+    return SlidingWindowInferer(roi_size=tuple(patch_size), sw_batch_size=sw_batch_size, overlap=overlap,
+                                mode="gaussian", sigma_scale=0.125, padding_mode="constant")
+
+
+def autocast(device: torch.device, amp: str):
+    """bf16/fp16 autocast on CUDA; a no-op elsewhere or with ``amp="none"``."""
+    if device.type != "cuda" or amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+@torch.no_grad()
+def predict_probabilities(network: torch.nn.Module, image: torch.Tensor, inferer: SlidingWindowInferer,
+                          amp: str = "none", tta: bool = False) -> torch.Tensor:
+    """Softmax probabilities of a whole volume.
+
+    Args:
+        network: in eval mode, on the device to run on.
+        image: (N, C, X, Y, Z) float tensor, any spatial size (padded internally as needed).
+        inferer: from :func:`make_inferer`.
+        amp: ``"bf16" | "fp16" | "none"`` (CUDA only).
+        tta: average the softmax over all 8 combinations of mirroring along the 3 spatial axes.
+
+    Returns:
+        (N, K, X, Y, Z) float32 probabilities on the network's device.
+    """
+    device = next(network.parameters()).device
+    image = image.to(device)
+    flips = [()] + [c for r in (1, 2, 3) for c in itertools.combinations((2, 3, 4), r)] if tta else [()]
+    total = None
+    for axes in flips:
+        x = torch.flip(image, axes) if axes else image
+        with autocast(device, amp):
+            logits = inferer(x, network)
+        prob = torch.softmax(logits.float(), dim=1)
+        prob = torch.flip(prob, axes) if axes else prob
+        total = prob if total is None else total + prob
+    return total / len(flips)

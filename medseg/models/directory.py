@@ -1,0 +1,110 @@
+"""The model directory: a self-contained, code-free package of a trained model.
+
+Layout::
+
+    MODEL_DIR/
+      medseg_model.json   format version, medseg version, plan (preprocessing), network spec,
+                          sliding-window defaults, training summary
+      weights.pt          the network's state_dict (loaded with torch.load(weights_only=True))
+
+Inference needs nothing else: not the training config, not the dataset.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from medseg import __version__
+from medseg.errors import ModelError
+from medseg.models.unet import NetworkSpec, build_unet
+from medseg.plan import Plan
+from medseg.training.checkpoint import load_checkpoint
+
+FORMAT_VERSION = 1
+META_FILE = "medseg_model.json"
+WEIGHTS_FILE = "weights.pt"
+
+
+@dataclass
+class LoadedModel:
+    """A model directory read back: the network (eval mode, on ``device``), its plan and metadata."""
+
+    network: torch.nn.Module
+    plan: Plan
+    spec: NetworkSpec
+    meta: dict
+
+
+def save_model_dir(path: str | Path, network: torch.nn.Module, plan: Plan, spec: NetworkSpec,
+                   extra: dict | None = None) -> Path:
+    """Write a model directory atomically (a temporary folder renamed into place).
+
+    Args:
+        path: the target folder; an existing one is replaced only once the new one is complete.
+        network: the trained network (its state_dict is saved on CPU).
+        plan: preprocessing and patch geometry.
+        spec: the network definition.
+        extra: more JSON-serialisable metadata (e.g. validation Dice, run id).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        meta = {"format_version": FORMAT_VERSION, "medseg_version": __version__, "plan": plan.to_dict(),
+                "network": spec.to_dict(), **(extra or {})}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+        state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
+        torch.save(state, tmp / WEIGHTS_FILE)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Read a model directory and rebuild its network in eval mode on ``device``.
+
+    Raises:
+        ModelError: the folder or a file is missing, the metadata is not valid JSON, the format
+            version is newer than this medseg understands, or the weights do not fit the network.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelError("model directory not found", path)
+    for name in (META_FILE, WEIGHTS_FILE):
+        if not (path / name).is_file():
+            raise ModelError(f"incomplete model directory: {name} is missing", path)
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"not valid JSON ({e})", path / META_FILE) from None
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelError(f"model format version {version!r} is not supported by medseg {__version__} "
+                         f"(supports up to {FORMAT_VERSION}); upgrade medseg", path / META_FILE)
+    try:
+        plan = Plan.from_dict(meta["plan"])
+        spec = NetworkSpec(**meta["network"])
+    except (KeyError, TypeError) as e:
+        raise ModelError(f"model metadata is incomplete or malformed ({e})", path / META_FILE) from None
+    network = build_unet(spec)
+    try:
+        state = load_checkpoint(path / WEIGHTS_FILE)
+        network.load_state_dict(state)
+    except Exception as e:  # pickle errors, unsafe payloads, shape mismatches
+        raise ModelError(f"weights cannot be loaded safely ({type(e).__name__}: {str(e)[:300]})", path / WEIGHTS_FILE) from None
+    network.to(device).eval()
+    return LoadedModel(network=network, plan=plan, spec=spec, meta=meta)

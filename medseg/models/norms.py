@@ -1,0 +1,43 @@
+"""The normalization registry: the name in the config -> a MONAI norm spec for DynUNet.
+
+* ``instance`` (default): per example and channel over (D, H, W); affine, eps 1e-5, no running
+  statistics (Ulyanov et al. 2016), so training and inference compute the same function and an
+  example's output does not depend on its batch.
+* ``group``: channels split into ``num_groups`` groups, statistics per example and group
+  (Wu & He, ECCV 2018).
+* ``layer``: group norm with one group (Ba et al. 2016).
+* ``batch``: statistics over (N, D, H, W) with running averages for inference (Ioffe & Szegedy 2015);
+  SyncBatchNorm under DDP.
+"""
+from __future__ import annotations
+
+from medseg.errors import ConfigError
+
+EPS = 1e-5
+NORMS = ("instance", "group", "layer", "batch")
+
+
+def norm_spec(name: str, channels: list[int], num_groups: int = 8) -> tuple[str, dict]:
+    """The MONAI ``norm_name`` tuple for ``name``, checked against every normalized layer's channels.
+
+    Args:
+        name: one of :data:`NORMS`.
+        channels: channel count of every layer that gets a norm (the U-Net's filters).
+        num_groups: groups for ``group``.
+
+    Raises:
+        ConfigError: unknown name, or a channel count not divisible by ``num_groups``.
+    """
+    if name == "instance":
+        return ("instance", {"affine": True, "eps": EPS, "track_running_stats": False})
+    if name == "batch":
+        return ("batch", {"affine": True, "eps": EPS, "momentum": 0.1})
+    if name in ("group", "layer"):
+        groups = 1 if name == "layer" else num_groups
+        bad = sorted({c for c in channels if c % groups})
+        if bad:
+            raise ConfigError(f"norm=group with num_groups={groups} needs every normalized layer's channel count to be "
+                              f"divisible by {groups}; these are not: {bad} (filters {channels}). Choose num_groups "
+                              f"dividing all of them, or change model.filters.", "model.num_groups")
+        return ("group", {"num_groups": groups, "eps": EPS, "affine": True})
+    raise ConfigError(f"unknown norm {name!r}; choose one of {', '.join(NORMS)}", "model.norm")

@@ -1,0 +1,64 @@
+"""The 3D U-Net: MONAI's DynUNet (the nnU-Net architecture, Isensee et al. 2021) with a chosen norm."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from monai.networks.nets import DynUNet
+
+from medseg.models.norms import norm_spec
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """Everything needed to rebuild the network (saved in the model directory).
+
+    Attributes:
+        in_channels: image channels (modalities).
+        out_channels: classes including background.
+        filters: channels per level, e.g. ``[16, 32, 64, 128]``.
+        strides: per level (int or per-axis triple); the first is usually 1.
+        kernel_size: convolution kernel size (voxels).
+        norm: ``instance | group | layer | batch``.
+        num_groups: groups for ``group``.
+        deep_supervision: also output (upsampled) predictions of the lower decoder levels in training.
+        res_block: residual blocks instead of plain conv-norm-act pairs.
+    """
+
+    in_channels: int
+    out_channels: int
+    filters: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    strides: list = field(default_factory=lambda: [1, 2, 2, 2])
+    kernel_size: int = 3
+    norm: str = "instance"
+    num_groups: int = 8
+    deep_supervision: bool = False
+    res_block: bool = False
+
+    @property
+    def deep_supr_num(self) -> int:
+        return max(1, min(2, len(self.filters) - 2))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_unet(spec: NetworkSpec) -> torch.nn.Module:
+    """Build the DynUNet for ``spec``.
+
+    Input (N, in_channels, X, Y, Z) with each spatial size a multiple of the product of the
+    strides; output logits (N, out_channels, X, Y, Z). With deep supervision, in training mode
+    the output is (N, 1 + deep_supr_num, out_channels, X, Y, Z).
+
+    Raises:
+        ConfigError: unknown norm, or channel counts incompatible with ``num_groups``.
+    """
+    norm = norm_spec(spec.norm, list(spec.filters), spec.num_groups)
+    n = len(spec.filters)
+    kernels = [spec.kernel_size] * n
+    return DynUNet(
+        spatial_dims=3, in_channels=spec.in_channels, out_channels=spec.out_channels, kernel_size=kernels,
+        strides=list(spec.strides), upsample_kernel_size=list(spec.strides)[1:], filters=list(spec.filters),
+        norm_name=norm, deep_supervision=spec.deep_supervision, deep_supr_num=spec.deep_supr_num,
+        res_block=spec.res_block,
+    )

@@ -1,0 +1,104 @@
+"""The plan: the resolved preprocessing and patch geometry of one run.
+
+A plan joins the dataset fingerprint with the config (explicit values win over derived
+defaults). It is plain data, saved in the model directory, so inference repeats exactly the
+preprocessing the model was trained with, without the training config.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from medseg.data.fingerprint import default_patch_size, network_divisor
+from medseg.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Preprocessing and sampling geometry.
+
+    Attributes:
+        modality: per input channel, e.g. ``["MRI"]``.
+        labels: label value -> name (0 = background).
+        target_spacing: mm along R, A, S after reorientation to RAS.
+        patch_size: voxels (RAS order), a multiple of the network's downsampling.
+        image_interpolation: ``"linear"`` or ``"spline"`` (order 3) for images; labels are nearest.
+        crop_foreground: crop to the nonzero bounding box of the image.
+        ct_clip: (low, high) foreground percentiles 0.5/99.5 for CT; ``None`` for MRI.
+        ct_mean, ct_std: dataset foreground mean/std for CT z-scoring.
+    """
+
+    modality: list[str]
+    labels: dict[int, str]
+    target_spacing: tuple[float, float, float]
+    patch_size: tuple[int, int, int]
+    image_interpolation: str = "linear"
+    crop_foreground: bool = False
+    ct_clip: tuple[float, float] | None = None
+    ct_mean: float | None = None
+    ct_std: float | None = None
+    dataset: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return max(self.labels) + 1
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.modality)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["labels"] = {str(k): v for k, v in self.labels.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Plan":
+        d = dict(d)
+        d["labels"] = {int(k): v for k, v in d["labels"].items()}
+        d["target_spacing"] = tuple(d["target_spacing"])
+        d["patch_size"] = tuple(d["patch_size"])
+        if d.get("ct_clip") is not None:
+            d["ct_clip"] = tuple(d["ct_clip"])
+        return cls(**d)
+
+
+def check_patch_size(patch_size, strides) -> None:
+    """Raise ConfigError unless every patch dimension is a multiple of the network's downsampling."""
+    div = network_divisor(strides)
+    bad = [f"{p} (axis {i}) is not a multiple of {d}" for i, (p, d) in enumerate(zip(patch_size, div)) if p % d]
+    if bad:
+        raise ConfigError(f"patch size {tuple(patch_size)} cannot be taken by a network with strides {strides} "
+                          f"(total downsampling {div}): " + "; ".join(bad) + ". Use multiples of the downsampling.",
+                          "sampling.patch_size")
+
+
+def make_plan(fingerprint: dict, *, target_spacing=None, patch_size=None, strides, image_interpolation="linear",
+              crop_foreground=False, max_patch_voxels=128**3) -> Plan:
+    """Resolve the plan from a fingerprint (see :mod:`medseg.data.fingerprint`) and explicit settings.
+
+    ``target_spacing`` defaults to the median spacing; ``patch_size`` to the median shape at that
+    spacing rounded up to the network's downsampling (capped at ``max_patch_voxels``).
+
+    Raises:
+        ConfigError: the patch size is not a multiple of the network's downsampling.
+    """
+    spacing = tuple(float(s) for s in (target_spacing or fingerprint["median_spacing"]))
+    if patch_size is None:
+        patch_size = default_patch_size(fingerprint, spacing, network_divisor(strides), max_patch_voxels)
+    check_patch_size(patch_size, strides)
+    modality = list(fingerprint["modality"])
+    fi = fingerprint["foreground_intensity"]
+    is_ct = modality[0].upper() == "CT"
+    return Plan(
+        modality=modality,
+        labels={int(k): v for k, v in fingerprint["labels"].items()},
+        target_spacing=spacing,
+        patch_size=tuple(int(p) for p in patch_size),
+        image_interpolation=image_interpolation,
+        crop_foreground=crop_foreground,
+        ct_clip=(fi["percentile_00_5"], fi["percentile_99_5"]) if is_ct else None,
+        ct_mean=fi["mean"] if is_ct else None,
+        ct_std=max(fi["std"], 1e-8) if is_ct else None,
+        dataset=fingerprint.get("dataset", ""),
+    )

@@ -1,0 +1,94 @@
+"""Everything MLflow: where runs go, starting a run, logging params, metrics and artifacts.
+
+The default store is a local SQLite file ``mlflow.db`` in the working directory (MLflow 3's
+default), overridden by ``--tracking-uri`` or ``$MLFLOW_TRACKING_URI``. Runs are written
+through :class:`mlflow.MlflowClient`, so several runs in one process never share global state.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+
+from medseg import __version__
+from medseg.errors import MedsegError
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """``uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` (absolute, in the working dir)."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+def git_commit() -> str:
+    """The medseg source tree's git commit, or ``"unknown"``."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class Tracker:
+    """One MLflow run.
+
+    Args:
+        tracking_uri: the store (see :func:`resolve_tracking_uri`).
+        experiment: experiment name; created if missing.
+        run_name: the run's display name.
+        tags: string tags (norm, batch_size, fold, dataset...); ``medseg_version`` and
+            ``git_commit`` are added.
+
+    Raises:
+        MedsegError: the tracking store cannot be reached or written (before any training).
+    """
+
+    def __init__(self, tracking_uri: str, experiment: str, run_name: str, tags: dict[str, str]):
+        self.uri = tracking_uri
+        self.client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+        try:
+            exp = self.client.get_experiment_by_name(experiment)
+            exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+            all_tags = {**tags, "medseg_version": __version__, "git_commit": git_commit()}
+            self.run = self.client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in all_tags.items()})
+        except Exception as e:  # connection errors, permission errors, bad URIs
+            raise MedsegError(f"cannot reach or write the MLflow tracking store ({type(e).__name__}: "
+                              f"{str(e)[:300]}). Check the URI or unset MLFLOW_TRACKING_URI to use the local store.",
+                              tracking_uri) from None
+        self.run_id = self.run.info.run_id
+        self.experiment_id = exp_id
+
+    def log_params(self, params: dict[str, str]) -> None:
+        """Log parameters (values as strings), in batches of 100."""
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Log metrics at ``step`` (the epoch); NaN values are skipped."""
+        import math
+        import time
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, step) for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
+        if items:
+            self.client.log_batch(self.run_id, metrics=items)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_artifacts(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(path), artifact_path)
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Mark the run ``FINISHED``, ``FAILED`` or ``KILLED``."""
+        self.client.set_terminated(self.run_id, status)

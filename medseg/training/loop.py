@@ -1,0 +1,96 @@
+"""The inner loops: one training epoch, and sliding-window validation on whole volumes."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from medseg.evaluation import per_class_metrics, summarize
+from medseg.inference.sliding_window import autocast, predict_probabilities
+from medseg.progress import ProgressFn, silent
+
+
+def deep_supervision_loss(loss_fn, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``loss_fn`` on (N, K, X, Y, Z) logits, or the weighted sum over heads of a deep-supervision
+    output (N, H, K, X, Y, Z) with weights 1, 1/2, 1/4... normalized to 1 (nnU-Net's scheme)."""
+    if output.dim() == target.dim():
+        return loss_fn(output, target)
+    heads = output.unbind(1)
+    weights = [0.5**i for i in range(len(heads))]
+    return sum(w * loss_fn(h, target) for w, h in zip(weights, heads)) / sum(weights)
+
+
+def train_epoch(network, loader, loss_fn, optimizer, scheduler, *, device: torch.device, amp: str = "none",
+                scaler: torch.amp.GradScaler | None = None, grad_clip: float | None = None,
+                progress: ProgressFn = silent, description: str = "train") -> dict[str, float]:
+    """One pass over ``loader`` (batches of ``image`` (N, C, *patch) and ``label`` (N, 1, *patch)).
+
+    The learning-rate scheduler steps after every iteration.
+
+    Returns:
+        ``train_loss`` (mean over iterations), ``seconds_per_iteration`` (wall time including
+        data loading), ``patches_per_second``, ``iterations``.
+
+    Raises:
+        FloatingPointError: the loss became NaN or infinite.
+    """
+    network.train()
+    losses, patches = [], 0
+    start = time.perf_counter()
+    for batch in progress(loader, description, len(loader)):
+        image = batch["image"].to(device, non_blocking=True)
+        label = batch["label"].to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, amp):
+            loss = deep_supervision_loss(loss_fn, network(image), label)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss is {loss.item()} at learning rate "
+                                     f"{optimizer.param_groups[0]['lr']:.3g}; lower train.lr or enable grad_clip")
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(network.parameters(), grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        patches += image.shape[0]
+    seconds = time.perf_counter() - start
+    n = max(1, len(losses))
+    return {"train_loss": float(np.mean(losses)), "seconds_per_iteration": seconds / n,
+            "patches_per_second": patches / max(seconds, 1e-9), "iterations": len(losses)}
+
+
+@torch.no_grad()
+def validate(network, volumes: list[dict], inferer, *, num_classes: int, spacing, amp: str = "none",
+             hd95: bool = False, progress: ProgressFn = silent, keep_first: bool = False) -> dict:
+    """Sliding-window prediction of whole preprocessed validation volumes and their metrics.
+
+    Args:
+        volumes: dicts with ``image`` (C, X, Y, Z), ``label`` (1, X, Y, Z) and ``case_id``.
+        spacing: voxel size in mm of the preprocessed grid (for HD95).
+
+    Returns:
+        ``{"per_class": {label: {"dice", "hd95"}}, "cases": [{case_id, label: {...}}],
+        "first": (image, reference, prediction) numpy arrays of the first case if keep_first}``.
+    """
+    network.eval()
+    rows, cases, first = [], [], None
+    for vol in progress(volumes, "validate", len(volumes)):
+        image = torch.as_tensor(vol["image"])[None].float()
+        prob = predict_probabilities(network, image, inferer, amp=amp)
+        pred = prob.argmax(1)[0].cpu().numpy()
+        ref = np.asarray(torch.as_tensor(vol["label"])[0]).astype(np.int64)
+        m = per_class_metrics(pred, ref, num_classes, spacing=spacing, hd95=hd95)
+        rows.append(m)
+        cases.append({"case_id": vol.get("case_id", ""), **m})
+        if keep_first and first is None:
+            first = (np.asarray(torch.as_tensor(vol["image"])[0]), ref, pred)
+    return {"per_class": summarize(rows), "cases": cases, "first": first}

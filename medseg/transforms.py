@@ -1,0 +1,100 @@
+"""MONAI transform chains built from a :class:`~medseg.plan.Plan`.
+
+* :func:`preprocessing` - deterministic, cached: load (nibabel), channel first, reorient to RAS,
+  resample to the target spacing, normalize intensities by modality, optional foreground crop.
+* :func:`patch_preparation` - deterministic, cached: pad to the patch size, index voxels per class.
+* :func:`patch_sampling_and_augmentation` - random, per iteration: foreground-oversampled
+  patch crop and on-the-fly augmentation.
+
+Intensity normalization follows nnU-Net (Isensee et al., Nature Methods 2021): MRI is z-scored
+per image over nonzero voxels; CT is clipped to the dataset's foreground 0.5/99.5 percentiles
+and z-scored with the dataset's foreground mean and standard deviation.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from monai import transforms as T
+
+from medseg.plan import Plan
+
+INDICES_KEY = "label_cls_indices"
+
+
+def preprocessing(plan: Plan, keys: tuple[str, ...] = ("image", "label")) -> T.Compose:
+    """Deterministic preprocessing of a ``{"image": path, "label": path}`` dict.
+
+    Output: ``image`` float32 MetaTensor (C, X, Y, Z) in RAS at ``plan.target_spacing`` mm;
+    ``label`` (1, X, Y, Z) on the same grid (nearest-neighbour). Every step is invertible
+    (MONAI records it), which inference uses to map predictions back to the input grid.
+    """
+    has_label = "label" in keys
+    image_mode = 3 if plan.image_interpolation == "spline" else "bilinear"
+    modes = (image_mode, "nearest") if has_label else (image_mode,)
+    chain = [
+        T.LoadImaged(keys=keys, reader="NibabelReader", image_only=True, ensure_channel_first=True),
+        T.Orientationd(keys=keys, axcodes="RAS"),
+        T.Spacingd(keys=keys, pixdim=plan.target_spacing, mode=modes),
+    ]
+    chain += intensity_normalization(plan)
+    if plan.crop_foreground:
+        chain.append(T.CropForegroundd(keys=keys, source_key="image", allow_smaller=True, margin=0))
+    chain.append(T.EnsureTyped(keys="image", dtype=np.float32, track_meta=True))
+    return T.Compose(chain)
+
+
+def intensity_normalization(plan: Plan) -> list:
+    """The modality's intensity normalization (see module docstring)."""
+    if plan.ct_clip is not None:
+        lo, hi = plan.ct_clip
+        return [
+            T.ScaleIntensityRanged(keys="image", a_min=lo, a_max=hi, b_min=lo, b_max=hi, clip=True),
+            T.NormalizeIntensityd(keys="image", subtrahend=plan.ct_mean, divisor=plan.ct_std),
+        ]
+    return [T.NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True)]
+
+
+def patch_preparation(plan: Plan) -> T.Compose:
+    """Pad volumes smaller than the patch (zeros) and index voxels by class for fast crops."""
+    return T.Compose([
+        T.SpatialPadd(keys=("image", "label"), spatial_size=plan.patch_size),
+        T.ClassesToIndicesd(keys="label", num_classes=plan.num_classes, indices_postfix="_cls_indices"),
+    ])
+
+
+def class_ratios(num_classes: int, foreground_oversampling: float) -> list[float]:
+    """Crop-centre ratios per class: background gets ``1 - p``, each foreground class ``p / (K - 1)``."""
+    fg = num_classes - 1
+    return [1.0 - foreground_oversampling] + [foreground_oversampling / fg] * fg
+
+
+def patch_sampling_and_augmentation(plan: Plan, *, foreground_oversampling: float = 0.33, flip: bool = True,
+                                    rotate_scale: bool = True, rotation_degrees: float = 15.0,
+                                    scale_range: float = 0.1, gamma: bool = True, noise: bool = True,
+                                    brightness_contrast: bool = True, probability: float = 0.2) -> T.Compose:
+    """Random patch crop (MONAI RandCropByLabelClassesd, classes balanced) then augmentation.
+
+    Output per sample: ``image`` (C, *patch_size) float32 and ``label`` (1, *patch_size).
+    """
+    keys = ("image", "label")
+    chain: list = [
+        T.RandCropByLabelClassesd(keys=keys, label_key="label", spatial_size=plan.patch_size,
+                                  ratios=class_ratios(plan.num_classes, foreground_oversampling),
+                                  num_classes=plan.num_classes, num_samples=1, indices_key=INDICES_KEY, warn=False),
+        T.DeleteItemsd(keys=INDICES_KEY),
+    ]
+    if rotate_scale and (rotation_degrees > 0 or scale_range > 0):
+        r = math.radians(rotation_degrees)
+        chain.append(T.RandAffined(keys=keys, prob=probability, rotate_range=(r, r, r), scale_range=scale_range,
+                                   mode=("bilinear", "nearest"), padding_mode="zeros"))
+    if flip:
+        chain += [T.RandFlipd(keys=keys, prob=0.5, spatial_axis=a) for a in range(3)]
+    if noise:
+        chain.append(T.RandGaussianNoised(keys="image", prob=probability / 2, std=0.1))
+    if brightness_contrast:
+        chain.append(T.RandScaleIntensityd(keys="image", prob=probability, factors=0.25))
+        chain.append(T.RandScaleIntensityFixedMeand(keys="image", prob=probability, factors=0.25, preserve_range=True))
+    if gamma:
+        chain.append(T.RandAdjustContrastd(keys="image", prob=probability, gamma=(0.7, 1.5), retain_stats=True))
+    return T.Compose(chain)
