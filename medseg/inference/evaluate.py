@@ -1,0 +1,53 @@
+"""Evaluate a model directory on a labelled MSD dataset, in each case's original geometry."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from medseg.data.dataset import DatasetSpec
+from medseg.data.nifti import load_nifti, read_array
+from medseg.evaluation import per_class_metrics, summarize
+from medseg.inference.predictor import Predictor
+from medseg.progress import ProgressFn, silent
+
+
+def evaluate_cases(predictor: Predictor, spec: DatasetSpec, case_ids: list[str] | None = None, *,
+                   hd95: bool = True, progress: ProgressFn = silent) -> tuple[list[dict], dict]:
+    """Predict each case and score it against its reference label on the input's voxel grid.
+
+    Returns:
+        ``(rows, summary)``: rows are ``{"case_id", "dice_<name>", "hd95_<name>"}`` (HD95 in mm);
+        summary is the mean over cases per label name: ``{name: {"dice", "hd95"}}``.
+    """
+    labels = predictor.plan.labels
+    cases = [c for c in spec.cases if case_ids is None or c.case_id in set(case_ids)]
+    rows, metrics = [], []
+    for case in progress(cases, "evaluate", len(cases)):
+        pred = predictor.predict_file(case.image)
+        ref_img = load_nifti(case.label)
+        ref = read_array(ref_img, case.label).reshape(pred.labels.shape).round().astype(np.int64)
+        m = per_class_metrics(pred.labels, ref, predictor.plan.num_classes,
+                              spacing=ref_img.header.get_zooms()[:3], hd95=hd95)
+        metrics.append(m)
+        row = {"case_id": case.case_id}
+        for k in range(1, predictor.plan.num_classes):
+            row[f"dice_{labels[k]}"] = m[k]["dice"]
+            row[f"hd95_{labels[k]}"] = m[k]["hd95"]
+        rows.append(row)
+    summary = {labels[k]: v for k, v in summarize(metrics).items()}
+    return rows, summary
+
+
+def write_csv(rows: list[dict], path: str | Path) -> Path:
+    """Write per-case rows as CSV (atomically: temporary file then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["case_id"])
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,45 @@
+"""Shared fixtures: the embedded sample, ../shared data when present, and small MSD datasets in tmp."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "sample" / "Task04_Hippocampus"
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def copy_msd(src: Path, dest: Path, n: int | None = None) -> Path:
+    """Copy an MSD task folder (optionally only its first n cases) to dest."""
+    doc = json.loads((src / "dataset.json").read_text())
+    cases = doc["training"][:n] if n else doc["training"]
+    for sub in ("imagesTr", "labelsTr"):
+        (dest / sub).mkdir(parents=True, exist_ok=True)
+    for c in cases:
+        for k in ("image", "label"):
+            shutil.copyfile(src / c[k], dest / c[k])
+    doc["training"] = cases
+    doc["numTraining"] = len(cases)
+    (dest / "dataset.json").write_text(json.dumps(doc, indent=1))
+    return dest
+
+
+@pytest.fixture
+def sample_copy(tmp_path) -> Path:
+    """A writable copy of 6 cases of the embedded sample."""
+    return copy_msd(SAMPLE, tmp_path / "Task04_copy", n=6)
+
+
+def tree(path: Path) -> set[str]:
+    """All files under path, relative (to check that a failing command wrote nothing)."""
+    return {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()}
+
+
+def shared(name: str) -> Path:
+    path = SHARED / name
+    if not path.exists():
+        pytest.skip(f"../shared/data/{name} is not present (a developer/CI dataset)")
+    return path

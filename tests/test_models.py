@@ -1,0 +1,74 @@
+import pytest
+import torch
+from monai.losses import DiceCELoss
+
+from medseg.errors import ConfigError
+from medseg.models import NORMS, NetworkSpec, build_unet
+from medseg.training.loop import deep_supervision_loss
+
+SMALL = dict(filters=[8, 16, 32], strides=[1, 2, 2])
+
+
+def _net(norm, **kw):
+    torch.manual_seed(0)
+    return build_unet(NetworkSpec(in_channels=1, out_channels=3, norm=norm, num_groups=4, **{**SMALL, **kw}))
+
+
+def test_instance_norm_is_independent_of_the_batch():
+    net = _net("instance").train()
+    x = torch.randn(4, 1, 16, 16, 16)
+    with torch.no_grad():
+        alone = net(x[:1])
+        in_batch = net(x)[:1]
+    assert torch.allclose(alone, in_batch, atol=1e-5)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.InstanceNorm3d)]
+    assert norms and all(m.affine and not m.track_running_stats and m.eps == 1e-5 for m in norms)
+
+
+def test_batch_norm_in_training_mode_depends_on_the_batch():
+    net = _net("batch").train()
+    x = torch.randn(4, 1, 16, 16, 16)
+    with torch.no_grad():
+        alone = net(x[:1])
+        in_batch = net(x)[:1]
+    assert not torch.allclose(alone, in_batch, atol=1e-3)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_each_norm_builds_and_trains_a_step(norm):
+    net = _net(norm).train()
+    kind = {"instance": torch.nn.InstanceNorm3d, "batch": torch.nn.BatchNorm3d,
+            "group": torch.nn.GroupNorm, "layer": torch.nn.GroupNorm}[norm]
+    assert any(isinstance(m, kind) for m in net.modules())
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    x = torch.randn(2, 1, 16, 16, 16)
+    y = (x > 0.5).long() + (x > 1.2).long()
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    before = [p.detach().clone() for p in net.parameters()]
+    loss = loss_fn(net(x), y)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    if norm == "layer":
+        assert all(m.num_groups == 1 for m in net.modules() if isinstance(m, torch.nn.GroupNorm))
+
+
+def test_group_norm_checks_every_channel_count():
+    with pytest.raises(ConfigError) as e:
+        build_unet(NetworkSpec(1, 3, filters=[12, 20, 40], strides=[1, 2, 2], norm="group", num_groups=8))
+    assert "[12, 20]" in str(e.value) and "num_groups" in str(e.value)
+    # the 3-channel output head carries no norm, so 8 groups work with 3 classes
+    net = build_unet(NetworkSpec(1, 3, filters=[16, 32, 64], strides=[1, 2, 2], norm="group", num_groups=8))
+    assert net(torch.randn(1, 1, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
+
+
+def test_deep_supervision_output_and_loss():
+    net = _net("instance", deep_supervision=True).train()
+    out = net(torch.randn(2, 1, 16, 16, 16))
+    assert out.shape == (2, 2, 3, 16, 16, 16)  # (N, heads, K, X, Y, Z)
+    y = torch.randint(0, 3, (2, 1, 16, 16, 16))
+    loss = deep_supervision_loss(DiceCELoss(to_onehot_y=True, softmax=True), out, y)
+    assert torch.isfinite(loss)
+    net.eval()
+    assert net(torch.randn(1, 1, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
