@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from medseg.cli import app
 from medseg.data import compute_fingerprint, read_dataset
 from medseg.errors import DataError
-from tests.conftest import ROOT, tree
+from tests.conftest import ROOT, SAMPLE, tree
 
 
 def _first(ds, kind):
@@ -142,7 +142,7 @@ def test_bad_model_settings_are_refused_before_training(override, needle, tmp_pa
     monkeypatch.chdir(tmp_path)
     extra = ["--set", "model.norm=group"] if "filters" in override else []
     result = CliRunner().invoke(app, ["train", "--config", str(ROOT / "configs/demo.yaml"), "--set", override,
-                                      *extra, "--quiet"])
+                                      "--data", str(SAMPLE), *extra, "--quiet"])
     assert result.exit_code != 0
     assert needle in str(result.exception)
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()
