@@ -127,7 +127,8 @@ def run_training(cfg: Config, *, progress: ProgressFn = silent, log: Log = lambd
         save_split(split, run_dir / "split.json")
         (run_dir / "fingerprint.json").write_text(json.dumps(fingerprint, indent=1))
         (run_dir / "plan.json").write_text(json.dumps(plan.to_dict(), indent=1))
-        tracker.log_params({**flatten(cfg), **{f"plan.{k}": v for k, v in plan.to_dict().items() if k != "extra"},
+        tracker.log_params({**flatten(cfg), **{f"plan.{k}": json.dumps(v) if isinstance(v, (list, tuple, dict)) else v
+                               for k, v in plan.to_dict().items() if k != "extra"},
                             "data.num_train_cases": len(train_items), "data.num_val_cases": len(val_items)})
         for name in ("config.yaml", "split.json", "fingerprint.json", "plan.json"):
             tracker.log_artifact(run_dir / name)

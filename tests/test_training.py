@@ -1,0 +1,96 @@
+"""A short real training on the embedded sample, read back from MLflow with MlflowClient."""
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from medseg.cli import app
+from medseg.inference.predictor import Predictor, label_image
+from medseg.models.directory import load_model_dir
+from tests.conftest import ROOT, SAMPLE
+
+EPOCHS = 2
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    work = tmp_path_factory.mktemp("train")
+    uri = f"sqlite:///{work / 'store.db'}"
+    result = CliRunner().invoke(app, [
+        "train", "--config", str(ROOT / "configs/demo.yaml"), "--data", str(SAMPLE), "--fold", "1",
+        "--tracking-uri", uri, "--experiment", "test-exp", "--quiet",
+        "--set", f"output_dir={work / 'runs'}", "--set", f"data.cache_dir={work / 'cache'}",
+        "--set", f"train.epochs={EPOCHS}", "--set", "train.iterations_per_epoch=3",
+        "--set", "validation.every_n_epochs=1"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    (run_dir,) = list((work / "runs").iterdir())
+    client = MlflowClient(tracking_uri=uri)
+    (exp,) = [e for e in client.search_experiments() if e.name == "test-exp"]
+    (run,) = client.search_runs([exp.experiment_id])
+    return {"work": work, "run_dir": run_dir, "client": client, "run": run, "output": result.output}
+
+
+def test_cli_prints_dice_per_class(trained):
+    out = trained["output"]
+    assert "Anterior" in out and "Posterior" in out and "Dice" in out
+
+
+def test_mlflow_params_tags_metrics(trained):
+    run, client = trained["run"], trained["client"]
+    assert run.info.status == "FINISHED"
+    p = run.data.params
+    assert p["model.norm"] == "instance" and p["train.batch_size"] == "2" and p["data.fold"] == "1"
+    assert p["plan.patch_size"] == "[40, 56, 40]" and "plan.target_spacing" in p and "train.lr" in p
+    t = run.data.tags
+    assert t["norm"] == "instance" and t["batch_size"] == "2" and t["fold"] == "1"
+    assert t["dataset"] == "Hippocampus" and t["medseg_version"] and t["git_commit"]
+    for key in ("train_loss", "learning_rate", "val_dice_Anterior", "val_dice_Posterior", "val_dice_mean",
+                "seconds_per_iteration", "patches_per_second", "peak_memory_mb"):
+        hist = client.get_metric_history(run.info.run_id, key)
+        assert sorted(m.step for m in hist) == list(range(EPOCHS)), key
+    assert all(0 <= m.value <= 1 for m in client.get_metric_history(run.info.run_id, "val_dice_mean"))
+    lrs = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "learning_rate"), key=lambda m: m.step)]
+    assert lrs[1] < lrs[0]  # poly schedule decays
+    assert "best_val_hd95_Anterior" in run.data.metrics or "best_val_dice_Anterior" in run.data.metrics
+
+
+def test_mlflow_artifacts(trained):
+    client, run_id = trained["client"], trained["run"].info.run_id
+    top = {a.path for a in client.list_artifacts(run_id)}
+    assert {"config.yaml", "split.json", "fingerprint.json", "plots", "model"} <= top
+    assert {a.path for a in client.list_artifacts(run_id, "plots")} == {"plots/learning_curve.png",
+                                                                         "plots/validation_slices.png"}
+    assert {a.path for a in client.list_artifacts(run_id, "model")} >= {"model/medseg_model.json", "model/weights.pt"}
+    local = client.download_artifacts(run_id, "split.json", str(trained["work"]))
+    split = json.loads(open(local).read())
+    assert not set(split["train"]) & set(split["val"])
+
+
+def test_model_dir_reloads_and_predicts_in_input_geometry(trained, tmp_path):
+    model = load_model_dir(trained["run_dir"] / "model")
+    case = sorted((SAMPLE / "imagesTr").glob("*.nii.gz"))[0]
+    pred = Predictor(model).predict_file(case)
+    src = nib.load(case)
+    assert pred.labels.shape == src.shape and pred.labels.dtype == np.uint8
+    out = tmp_path / "seg.nii.gz"
+    nib.save(label_image(pred), out)
+    back = nib.load(out)
+    assert np.array_equal(back.affine, src.affine)
+    assert np.array_equal(back.header.get_qform(), src.header.get_qform())
+    assert np.array_equal(back.header.get_sform(), src.header.get_sform())
+    assert set(np.unique(np.asarray(back.dataobj))) <= {0, 1, 2}
+
+
+def test_evaluate_writes_per_case_csv(trained, tmp_path):
+    csv = tmp_path / "eval.csv"
+    result = CliRunner().invoke(app, ["evaluate", "--model", str(trained["run_dir"] / "model"), "--data", str(SAMPLE),
+                                      "--fold-only", "--output", str(csv), "--quiet"])
+    assert result.exit_code == 0, result.output
+    lines = csv.read_text().splitlines()
+    split = json.loads((trained["run_dir"] / "split.json").read_text())
+    assert lines[0] == "case_id,dice_Anterior,hd95_Anterior,dice_Posterior,hd95_Posterior"
+    assert sorted(line.split(",")[0] for line in lines[1:]) == split["val"]
+    assert "mean" in result.output
