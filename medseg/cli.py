@@ -128,6 +128,65 @@ def fingerprint(
         console.print(f"cached at {path}")
 
 
+@app.command()
+def predict(
+    model: Path = typer.Option(..., "--model", "-m", help="Model directory (written by medseg train)."),
+    input: Path = typer.Option(..., "--input", "-i", help="NIfTI file, folder of NIfTI files, DICOM series folder, "
+                                                          "or folder of DICOM series folders."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output folder (not inside the input folder)."),
+    overlap: float = typer.Option(0.5, "--overlap", min=0.0, max=0.95, help="Sliding-window overlap."),
+    sw_batch_size: int = typer.Option(4, "--sw-batch-size", min=1, help="Windows per forward pass."),
+    tta: bool = typer.Option(False, "--tta", help="Mirroring test-time augmentation (8 flips, averaged softmax)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda (AMP bf16 on cuda)."),
+    save_probabilities: bool = typer.Option(False, "--save-probabilities", help="Also write <case>_probabilities.npz (float16)."),
+    largest_component: bool = typer.Option(False, "--largest-component", help="Keep the largest connected component per label."),
+    series_uid: Optional[str] = typer.Option(None, "--series-uid", help="Series to use in DICOM folders with several."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (default: skip them)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Segment volumes; outputs have exactly the input's shape and affine, plus volumes.csv (ml)."""
+    from medseg.inference.batch import check_output_dir, collect_inputs, predict_inputs
+    from medseg.inference.segmenter import Segmenter
+
+    inputs = collect_inputs(input)
+    check_output_dir(output, input)
+    try:
+        segmenter = Segmenter.load(model, device=device, overlap=overlap, sw_batch_size=sw_batch_size, tta=tta,
+                                   largest_component=largest_component)
+    except ValueError as e:
+        raise MedsegError(str(e), "--device") from None
+    summary = predict_inputs(segmenter, inputs, output, overwrite=overwrite, save_probabilities=save_probabilities,
+                             series_uid=series_uid, progress=silent if quiet else rich_progress)
+    table = Table(title=f"medseg predict -> {output}")
+    for col in ("cases", "done", "skipped (exist)", "failed", "seconds", "s/case"):
+        table.add_column(col)
+    per = summary.seconds / max(1, len(summary.done))
+    table.add_row(str(len(inputs)), str(len(summary.done)), str(len(summary.skipped)), str(len(summary.failed)),
+                  f"{summary.seconds:.1f}", f"{per:.2f}")
+    out.print(table)
+    for name, msg in summary.failed.items():
+        console.print(f"[bold red]failed:[/] {name}: {msg}")
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def convert(
+    input: Path = typer.Option(..., "--input", "-i", help="DICOM series folder."),
+    output: Path = typer.Option(..., "--output", "-o", help="NIfTI file to write (.nii.gz)."),
+    series_uid: Optional[str] = typer.Option(None, "--series-uid", help="Series to convert when the folder holds several."),
+):
+    """Convert a DICOM series to NIfTI (SimpleITK ImageSeriesReader); lists the series found."""
+    from medseg.data.dicom import dicom_to_nifti, find_series
+
+    if not output.name.endswith((".nii.gz", ".nii")):
+        raise MedsegError("output must end in .nii.gz or .nii", output)
+    for s in find_series(input) if input.is_dir() else []:
+        console.print(f"series {s}")
+    path = dicom_to_nifti(input, output, series_uid)
+    out.print(f"wrote {path}")
+
+
 def main() -> None:
     """Entry point: user errors are printed without a traceback (``--debug`` shows it) and exit 2."""
     try:

@@ -6,6 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample" / "Task04_Hippocampus"
@@ -43,3 +45,29 @@ def shared(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"../shared/data/{name} is not present (a developer/CI dataset)")
     return path
+
+
+EPOCHS = 2
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A tiny real training on the embedded sample (fold 1), shared by the tests that need a model."""
+    from medseg.cli import app
+
+    work = tmp_path_factory.mktemp("train")
+    uri = f"sqlite:///{work / 'store.db'}"
+    result = CliRunner().invoke(app, [
+        "train", "--config", str(ROOT / "configs/demo.yaml"), "--data", str(SAMPLE), "--fold", "1",
+        "--tracking-uri", uri, "--experiment", "test-exp", "--quiet",
+        "--set", f"output_dir={work / 'runs'}", "--set", f"data.cache_dir={work / 'cache'}",
+        "--set", f"train.epochs={EPOCHS}", "--set", "train.iterations_per_epoch=3",
+        "--set", "validation.every_n_epochs=1"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    (run_dir,) = list((work / "runs").iterdir())
+    client = MlflowClient(tracking_uri=uri)
+    (exp,) = [e for e in client.search_experiments() if e.name == "test-exp"]
+    (run,) = client.search_runs([exp.experiment_id])
+    return {"work": work, "run_dir": run_dir, "client": client, "run": run, "output": result.output}
+
+

@@ -3,34 +3,12 @@ import json
 
 import nibabel as nib
 import numpy as np
-import pytest
-from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from medseg.cli import app
 from medseg.inference.predictor import Predictor, label_image
 from medseg.models.directory import load_model_dir
-from tests.conftest import ROOT, SAMPLE
-
-EPOCHS = 2
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    work = tmp_path_factory.mktemp("train")
-    uri = f"sqlite:///{work / 'store.db'}"
-    result = CliRunner().invoke(app, [
-        "train", "--config", str(ROOT / "configs/demo.yaml"), "--data", str(SAMPLE), "--fold", "1",
-        "--tracking-uri", uri, "--experiment", "test-exp", "--quiet",
-        "--set", f"output_dir={work / 'runs'}", "--set", f"data.cache_dir={work / 'cache'}",
-        "--set", f"train.epochs={EPOCHS}", "--set", "train.iterations_per_epoch=3",
-        "--set", "validation.every_n_epochs=1"])
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    (run_dir,) = list((work / "runs").iterdir())
-    client = MlflowClient(tracking_uri=uri)
-    (exp,) = [e for e in client.search_experiments() if e.name == "test-exp"]
-    (run,) = client.search_runs([exp.experiment_id])
-    return {"work": work, "run_dir": run_dir, "client": client, "run": run, "output": result.output}
+from tests.conftest import EPOCHS, SAMPLE
 
 
 def test_cli_prints_dice_per_class(trained):

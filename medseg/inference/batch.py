@@ -1,0 +1,143 @@
+"""``medseg predict``: a model over a file, a folder of NIfTI files, a DICOM series folder, or a
+folder of DICOM series folders. One failing case does not stop the others; outputs are written
+to temporary names and renamed, existing outputs are skipped unless ``overwrite``."""
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from medseg.data.dataset import NIFTI_SUFFIXES, case_id
+from medseg.data.dicom import is_dicom_folder
+from medseg.errors import DataError, MedsegError
+from medseg.inference.predictor import Prediction, label_image
+from medseg.inference.segmenter import Segmenter, SegmentationResult
+from medseg.progress import ProgressFn, silent
+
+
+@dataclass(frozen=True)
+class InputCase:
+    """One input volume: a NIfTI file or a DICOM series folder."""
+
+    name: str
+    path: Path
+    kind: str  # "nifti" | "dicom"
+
+
+@dataclass
+class BatchSummary:
+    """What ``predict_inputs`` did. ``failed`` maps a case name to its error message."""
+
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.name.endswith(NIFTI_SUFFIXES)
+
+
+def collect_inputs(path: str | Path) -> list[InputCase]:
+    """Resolve the ``--input`` argument into cases.
+
+    Raises:
+        DataError: the path does not exist, is a file that is not NIfTI, or a folder with
+            neither NIfTI files nor DICOM series (directly or one level down).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError("input not found", path)
+    if path.is_file():
+        if not _is_nifti(path):
+            raise DataError("not a NIfTI file (.nii/.nii.gz); for DICOM pass the series folder", path)
+        return [InputCase(case_id(path), path, "nifti")]
+    niftis = sorted(p for p in path.iterdir() if p.is_file() and _is_nifti(p))
+    if niftis:
+        return [InputCase(case_id(p), p, "nifti") for p in niftis]
+    if is_dicom_folder(path):
+        return [InputCase(path.name, path, "dicom")]
+    subs = sorted(p for p in path.iterdir() if p.is_dir() and is_dicom_folder(p))
+    if subs:
+        return [InputCase(p.name, p, "dicom") for p in subs]
+    raise DataError("no NIfTI files or DICOM series found in this folder (or its subfolders)", path)
+
+
+def check_output_dir(output: Path, input_path: Path) -> None:
+    """Refuse an output folder inside the input folder (it would mix results into the inputs)."""
+    inp = input_path.resolve()
+    out = output.resolve()
+    if inp.is_dir() and (out == inp or inp in out.parents):
+        raise DataError(f"the output folder {out} is inside the input folder; choose a folder outside it", input_path)
+
+
+def _atomic(path: Path, write, suffix: str = ".tmp") -> None:
+    """Call ``write(tmp_path)`` for a temporary file beside ``path``, then rename it to ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_labels(result: SegmentationResult, path: Path) -> None:
+    """Write the labels with the input's header (bit-equal affine, qform/sform and codes), atomically."""
+    img = label_image(Prediction(result.labels, None, result.affine, result.header))
+    _atomic(path, lambda tmp: nib.save(img, tmp), suffix=".nii.gz")
+
+
+def predict_inputs(segmenter: Segmenter, inputs: list[InputCase], output: Path, *, overwrite: bool = False,
+                   save_probabilities: bool = False, series_uid: str | None = None,
+                   progress: ProgressFn = silent) -> BatchSummary:
+    """Segment every input into ``output/<case>_seg.nii.gz`` and write ``output/volumes.csv``.
+
+    ``volumes.csv`` has one row per case and foreground label: case, label, label_name, voxels,
+    volume_ml (voxels x the input's voxel volume). With ``save_probabilities``, also
+    ``<case>_probabilities.npz`` holding ``probabilities`` (K, X, Y, Z) float16.
+    """
+    output.mkdir(parents=True, exist_ok=True)
+    summary = BatchSummary()
+    rows: list[dict] = []
+    start = time.perf_counter()
+    for case in progress(inputs, "predict", len(inputs)):
+        target = output / f"{case.name}_seg.nii.gz"
+        if target.exists() and not overwrite:
+            summary.skipped.append(case.name)
+            continue
+        try:
+            result = segmenter.predict(case.path, series_uid=series_uid, keep_probabilities=save_probabilities)
+            save_labels(result, target)
+            if save_probabilities:
+                probs = result.probabilities.astype(np.float16)
+                _atomic(output / f"{case.name}_probabilities.npz",
+                        lambda tmp: np.savez_compressed(open(tmp, "wb"), probabilities=probs))
+        except (MedsegError, OSError, RuntimeError, ValueError) as e:
+            summary.failed[case.name] = str(e)
+            continue
+        summary.done.append(case.name)
+        for k, name in segmenter.label_names.items():
+            rows.append({"case": case.name, "label": k, "label_name": name, "voxels": result.voxels[name],
+                         "volume_ml": f"{result.volumes_ml[name]:.6f}"})
+    csv_path = output / "volumes.csv"
+    if csv_path.is_file():  # keep earlier rows of cases not predicted again
+        with csv_path.open(newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("case") not in summary.done] + rows
+    if rows:
+
+        def write(tmp):
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(rows)
+        _atomic(csv_path, write)
+    summary.seconds = time.perf_counter() - start
+    return summary
