@@ -86,7 +86,8 @@ def evaluate(
 ):
     """Score a model on labelled cases in their original geometry: per-case CSV and a summary table."""
     from medseg.data import read_dataset
-    from medseg.inference.evaluate import evaluate_cases, write_csv
+    from medseg.atomic import write_csv
+    from medseg.inference.evaluate import evaluate_cases
     from medseg.inference.predictor import Predictor
     from medseg.models.directory import load_model_dir
 

@@ -18,11 +18,18 @@ def silent(iterable: Iterable[T], description: str = "", total: int | None = Non
 
 
 def rich_progress(iterable: Iterable[T], description: str = "", total: int | None = None) -> Iterator[T]:
-    """A rich progress bar with elapsed time, remaining time and items per second."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    """A rich progress bar: count, elapsed and remaining time, and seconds per item."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.text import Text
+
+    class SecondsPerItem(ProgressColumn):
+        def render(self, task):
+            if not task.completed or task.elapsed is None:
+                return Text("-- s/it")
+            return Text(f"{task.elapsed / task.completed:.2f} s/it")
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn()]
+               TimeRemainingColumn(), SecondsPerItem()]
     with Progress(*columns, transient=False) as bar:
         yield from bar.track(iterable, total=total, description=description)

@@ -6,8 +6,10 @@ through :class:`mlflow.MlflowClient`, so several runs in one process never share
 """
 from __future__ import annotations
 
+import math
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import mlflow
@@ -73,8 +75,6 @@ class Tracker:
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Log metrics at ``step`` (the epoch); NaN values are skipped."""
-        import math
-        import time
         ts = int(time.time() * 1000)
         items = [Metric(k, float(v), ts, step) for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
         if items:

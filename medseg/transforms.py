@@ -34,7 +34,7 @@ def preprocessing(plan: Plan, keys: tuple[str, ...] = ("image", "label")) -> T.C
     modes = (image_mode, "nearest") if has_label else (image_mode,)
     chain = [
         T.LoadImaged(keys=keys, reader="NibabelReader", image_only=True, ensure_channel_first=True),
-        T.Orientationd(keys=keys, axcodes="RAS"),
+        T.Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         T.Spacingd(keys=keys, pixdim=plan.target_spacing, mode=modes),
     ]
     chain += intensity_normalization(plan)

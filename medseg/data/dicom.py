@@ -5,13 +5,12 @@ affine, so the converted volume sits where the scanner put it.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import SimpleITK as sitk
 
+from medseg.atomic import atomic_path
 from medseg.errors import DataError
 
 
@@ -89,17 +88,9 @@ def read_series(folder: str | Path, series_uid: str | None = None) -> sitk.Image
 
 def write_nifti_atomic(image: sitk.Image, path: str | Path) -> Path:
     """Write ``image`` to ``path`` (.nii.gz) through a temporary file renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".nii.gz", dir=path.parent)
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, tmp, useCompression=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path, suffix=".nii.gz") as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+    return Path(path)
 
 
 def dicom_to_nifti(folder: str | Path, output: str | Path, series_uid: str | None = None) -> Path:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.atomic import atomic_write_text
 from medseg.data.dataset import Case, DatasetSpec
 from medseg.data.nifti import load_nifti, ras_permutation, read_array
 from medseg.errors import DataError
@@ -151,10 +152,7 @@ def load_or_compute_fingerprint(spec: DatasetSpec, cache_dir: str | Path, progre
         except json.JSONDecodeError:
             pass  # a damaged cache is recomputed
     fp = compute_fingerprint(spec, progress)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(fp, indent=1))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(fp, indent=1))
     return fp, path
 
 

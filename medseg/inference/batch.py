@@ -4,8 +4,6 @@ to temporary names and renamed, existing outputs are skipped unless ``overwrite`
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from medseg.atomic import atomic_path, write_csv
 from medseg.data.dataset import NIFTI_SUFFIXES, case_id
 from medseg.data.dicom import is_dicom_folder
 from medseg.errors import DataError, MedsegError
@@ -77,22 +76,11 @@ def check_output_dir(output: Path, input_path: Path) -> None:
         raise DataError(f"the output folder {out} is inside the input folder; choose a folder outside it", input_path)
 
 
-def _atomic(path: Path, write, suffix: str = ".tmp") -> None:
-    """Call ``write(tmp_path)`` for a temporary file beside ``path``, then rename it to ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_labels(result: SegmentationResult, path: Path) -> None:
     """Write the labels with the input's header (bit-equal affine, qform/sform and codes), atomically."""
     img = label_image(Prediction(result.labels, None, result.affine, result.header))
-    _atomic(path, lambda tmp: nib.save(img, tmp), suffix=".nii.gz")
+    with atomic_path(path, suffix=".nii.gz") as tmp:
+        nib.save(img, tmp)
 
 
 def predict_inputs(segmenter: Segmenter, inputs: list[InputCase], output: Path, *, overwrite: bool = False,
@@ -118,8 +106,8 @@ def predict_inputs(segmenter: Segmenter, inputs: list[InputCase], output: Path, 
             save_labels(result, target)
             if save_probabilities:
                 probs = result.probabilities.astype(np.float16)
-                _atomic(output / f"{case.name}_probabilities.npz",
-                        lambda tmp: np.savez_compressed(open(tmp, "wb"), probabilities=probs))
+                with atomic_path(output / f"{case.name}_probabilities.npz", suffix=".npz") as tmp:
+                    np.savez_compressed(tmp, probabilities=probs)
         except (MedsegError, OSError, RuntimeError, ValueError) as e:
             summary.failed[case.name] = str(e)
             continue
@@ -132,12 +120,6 @@ def predict_inputs(segmenter: Segmenter, inputs: list[InputCase], output: Path, 
         with csv_path.open(newline="") as f:
             rows = [r for r in csv.DictReader(f) if r.get("case") not in summary.done] + rows
     if rows:
-
-        def write(tmp):
-            with open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows(rows)
-        _atomic(csv_path, write)
+        write_csv(rows, csv_path)
     summary.seconds = time.perf_counter() - start
     return summary

@@ -1,7 +1,6 @@
 """Evaluate a model directory on a labelled MSD dataset, in each case's original geometry."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -38,16 +37,3 @@ def evaluate_cases(predictor: Predictor, spec: DatasetSpec, case_ids: list[str] 
         rows.append(row)
     summary = {labels[k]: v for k, v in summarize(metrics).items()}
     return rows, summary
-
-
-def write_csv(rows: list[dict], path: str | Path) -> Path:
-    """Write per-case rows as CSV (atomically: temporary file then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["case_id"])
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
-    return path
