@@ -40,18 +40,23 @@ def _fmt(x: float) -> str:
 
 @app.command()
 def train(
-    config: Path = typer.Option(..., "--config", "-c", help="YAML config (see configs/)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/); "
+                                          "with --resume, the run's own config.yaml is used."),
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="MSD-layout dataset folder (overrides data.root)."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue a run from its last checkpoint, in the "
+                                         "same MLflow run: a run folder or an MLflow run id."),
     fold: Optional[int] = typer.Option(None, "--fold", help="Validation fold (overrides data.fold)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config value: section.key=value (repeatable)."),
     experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment name."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI "
                                                "(default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."),
+    offline: bool = typer.Option(False, "--offline", help="Log to the local store sqlite:///mlflow.db whatever "
+                                 "the config or MLFLOW_TRACKING_URI say."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines."),
 ):
     """Train a 3D U-Net on an MSD dataset and validate it on one fold; log everything to MLflow."""
     from medseg.config import load_config
-    from medseg.training.run import run_training
+    from medseg.training.run import find_run_dir, run_training
 
     overrides = list(set_)
     if data is not None:
@@ -60,10 +65,18 @@ def train(
         overrides.append(f"data.fold={fold}")
     if experiment:
         overrides.append(f"tracking.experiment={experiment}")
+    if offline:
+        tracking_uri = f"sqlite:///{Path('mlflow.db').resolve()}"
     if tracking_uri:
         overrides.append(f"tracking.tracking_uri={tracking_uri}")
+    resume_dir = None
+    if resume:
+        resume_dir = find_run_dir(resume, tracking_uri)
+        config = resume_dir / "config.yaml"
+    elif config is None:
+        raise MedsegError("--config is required (or --resume RUN_DIR)", "medseg train")
     cfg = load_config(config, overrides)
-    result = run_training(cfg, progress=silent if quiet else rich_progress,
+    result = run_training(cfg, resume_dir=resume_dir, progress=silent if quiet else rich_progress,
                           log=(lambda s: None) if quiet else console.print)
     table = Table(title=f"Validation, fold {cfg.data.fold} (best epoch {result.best_epoch + 1})")
     table.add_column("label"), table.add_column("Dice"), table.add_column("HD95 (mm)")
@@ -193,6 +206,10 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except MedsegError as e:
+        from medseg.training.run import TrainingInterrupted
+        if isinstance(e, TrainingInterrupted):
+            console.print(f"[bold yellow]interrupted:[/] {e}")
+            sys.exit(130)
         if _state["debug"]:
             console.print_exception()
         console.print(f"[bold red]error:[/] {e}")

@@ -117,6 +117,8 @@ class TrainConfig(_Strict):
     amp: Literal["bf16", "fp16", "none"] = "bf16"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = False
+    checkpoint_every_iterations: int | None = Field(
+        None, ge=1, description="Also checkpoint every N iterations (a checkpoint is always written each epoch).")
 
 
 class ValidationConfig(_Strict):

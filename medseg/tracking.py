@@ -38,6 +38,24 @@ def git_commit() -> str:
         return "unknown"
 
 
+def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
+    """For an http(s) tracking server, ask its ``/health`` endpoint before any work starts.
+
+    Raises:
+        MedsegError: the server does not answer within ``timeout`` seconds.
+    """
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import urllib.request
+    try:
+        with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout):
+            pass
+    except Exception as e:
+        raise MedsegError(f"the MLflow tracking server does not answer ({type(e).__name__}: {e}). Start it, fix "
+                          "--tracking-uri / MLFLOW_TRACKING_URI, or pass --offline to log to the local store "
+                          "sqlite:///mlflow.db", tracking_uri) from None
+
+
 class Tracker:
     """One MLflow run.
 
@@ -54,7 +72,8 @@ class Tracker:
 
     def __init__(self, tracking_uri: str, experiment: str, run_name: str, tags: dict[str, str]):
         self.uri = tracking_uri
-        self.client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+        check_reachable(tracking_uri)
+        self.client = self.client_for(tracking_uri)
         try:
             exp = self.client.get_experiment_by_name(experiment)
             exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
@@ -66,6 +85,36 @@ class Tracker:
                               tracking_uri) from None
         self.run_id = self.run.info.run_id
         self.experiment_id = exp_id
+
+    @staticmethod
+    def client_for(tracking_uri: str) -> mlflow.MlflowClient:
+        """An MlflowClient for ``tracking_uri``."""
+        return mlflow.MlflowClient(tracking_uri=tracking_uri)
+
+    @classmethod
+    def attach(cls, tracking_uri: str, run_id: str) -> "Tracker":
+        """Continue an existing run (marked RUNNING again), e.g. after a resume.
+
+        Raises:
+            MedsegError: the store cannot be reached or has no such run.
+        """
+        check_reachable(tracking_uri)
+        self = cls.__new__(cls)
+        self.uri = tracking_uri
+        self.client = cls.client_for(tracking_uri)
+        try:
+            self.run = self.client.get_run(run_id)
+            self.client.update_run(run_id, status="RUNNING")
+        except Exception as e:
+            raise MedsegError(f"cannot continue MLflow run {run_id} ({type(e).__name__}: {str(e)[:200]})",
+                              tracking_uri) from None
+        self.run_id = run_id
+        self.experiment_id = self.run.info.experiment_id
+        return self
+
+    def has_metric(self, key: str, step: int) -> bool:
+        """Whether ``key`` was already logged at ``step`` (to log nothing twice after a resume)."""
+        return any(m.step == step for m in self.client.get_metric_history(self.run_id, key))
 
     def log_params(self, params: dict[str, str]) -> None:
         """Log parameters (values as strings), in batches of 100."""

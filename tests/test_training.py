@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from medseg.cli import app
 from medseg.inference.predictor import Predictor, label_image
 from medseg.models.directory import load_model_dir
-from tests.conftest import EPOCHS, SAMPLE
+from tests.conftest import EPOCHS, ROOT, SAMPLE
 
 
 def test_cli_prints_dice_per_class(trained):
@@ -72,3 +72,21 @@ def test_evaluate_writes_per_case_csv(trained, tmp_path):
     assert lines[0] == "case_id,dice_Anterior,hd95_Anterior,dice_Posterior,hd95_Posterior"
     assert sorted(line.split(",")[0] for line in lines[1:]) == split["val"]
     assert "mean" in result.output
+
+
+def test_batch_size_one_with_batch_norm_and_disk_cache(tmp_path, monkeypatch):
+    """Any batch size from 1 (batch norm included), deep supervision, and the PersistentDataset disk cache."""
+    from medseg.config import load_config
+    from medseg.training.run import run_training
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(ROOT / "configs/demo.yaml", [
+        f"data.root={SAMPLE}", "train.batch_size=1", "model.norm=batch", "model.deep_supervision=true",
+        "data.cache=disk", "train.epochs=1", "train.iterations_per_epoch=2", "validation.hd95=false",
+        "train.warmup_epochs=1", "train.optimizer=adamw", "train.lr=0.001"])
+    result = run_training(cfg)
+    assert set(result.val_dice) == {"Anterior", "Posterior"}
+    assert list((tmp_path / ".medseg_cache" / "preprocessed").glob("*.pt")), "disk cache written"
+    assert (tmp_path / "mlflow.db").exists()  # the default local store
+    loaded = load_model_dir(result.model_dir)
+    assert loaded.spec.norm == "batch" and loaded.spec.deep_supervision

@@ -15,7 +15,8 @@ def load_nifti(path: str | Path) -> nib.Nifti1Image:
     """Open a NIfTI-1/2 file (header only; data is read lazily).
 
     Raises:
-        DataError: the file is missing, is not NIfTI, or its header is unreadable.
+        DataError: the file is missing, is not NIfTI, its header is unreadable, or its affine is
+            not finite or singular.
     """
     path = Path(path)
     if not path.is_file():
@@ -26,6 +27,10 @@ def load_nifti(path: str | Path) -> nib.Nifti1Image:
         raise DataError(f"not a readable NIfTI file ({type(e).__name__}: {e})", path) from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise DataError(f"not a NIfTI file (nibabel reads it as {type(img).__name__})", path)
+    affine = img.affine
+    if affine is None or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise DataError("the header's affine (voxel-to-world transform) is missing, not finite or singular: "
+                        "the voxel spacing or orientation is broken", path)
     return img
 
 

@@ -7,10 +7,14 @@ Layout::
                           sliding-window defaults, training summary
       weights.pt          the network's state_dict (loaded with torch.load(weights_only=True))
 
+``medseg_model.json`` records the SHA-256 of ``weights.pt``; loading checks it, so a swapped or
+damaged weights file is refused, and ``weights_only=True`` refuses any pickled code payload.
+
 Inference needs nothing else: not the training config, not the dataset.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -55,11 +59,11 @@ def save_model_dir(path: str | Path, network: torch.nn.Module, plan: Plan, spec:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        meta = {"format_version": FORMAT_VERSION, "medseg_version": __version__, "plan": plan.to_dict(),
-                "network": spec.to_dict(), **(extra or {})}
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
         state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
         torch.save(state, tmp / WEIGHTS_FILE)
+        meta = {"format_version": FORMAT_VERSION, "medseg_version": __version__, "plan": plan.to_dict(),
+                "network": spec.to_dict(), "checksums": {WEIGHTS_FILE: sha256(tmp / WEIGHTS_FILE)}, **(extra or {})}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -74,12 +78,22 @@ def save_model_dir(path: str | Path, network: torch.nn.Module, plan: Plan, spec:
     return path
 
 
+def sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Read a model directory and rebuild its network in eval mode on ``device``.
 
     Raises:
         ModelError: the folder or a file is missing, the metadata is not valid JSON, the format
-            version is newer than this medseg understands, or the weights do not fit the network.
+            version is newer than this medseg understands, the weights' checksum does not match,
+            the weights file holds anything but tensors, or the weights do not fit the network.
     """
     path = Path(path)
     if not path.is_dir():
@@ -100,6 +114,12 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
         spec = NetworkSpec(**meta["network"])
     except (KeyError, TypeError) as e:
         raise ModelError(f"model metadata is incomplete or malformed ({e})", path / META_FILE) from None
+    expected = (meta.get("checksums") or {}).get(WEIGHTS_FILE)
+    if expected is None:
+        raise ModelError(f"model metadata has no checksum for {WEIGHTS_FILE}", path / META_FILE)
+    if sha256(path / WEIGHTS_FILE) != expected:
+        raise ModelError(f"checksum mismatch: the file is not the one this model directory was exported with "
+                         f"(damaged or replaced)", path / WEIGHTS_FILE)
     network = build_unet(spec)
     try:
         state = load_checkpoint(path / WEIGHTS_FILE)

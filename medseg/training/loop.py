@@ -23,22 +23,31 @@ def deep_supervision_loss(loss_fn, output: torch.Tensor, target: torch.Tensor) -
 
 def train_epoch(network, loader, loss_fn, optimizer, scheduler, *, device: torch.device, amp: str = "none",
                 scaler: torch.amp.GradScaler | None = None, grad_clip: float | None = None,
-                progress: ProgressFn = silent, description: str = "train") -> dict[str, float]:
+                progress: ProgressFn = silent, description: str = "train", total: int | None = None,
+                losses: list[float] | None = None, should_stop=lambda: False,
+                after_iteration=lambda losses: None) -> dict[str, float]:
     """One pass over ``loader`` (batches of ``image`` (N, C, *patch) and ``label`` (N, 1, *patch)).
 
     The learning-rate scheduler steps after every iteration.
 
+    Args:
+        losses: losses of iterations of this epoch already done (when resuming mid-epoch); appended to.
+        should_stop: checked after every iteration; True ends the epoch early (``interrupted``).
+        after_iteration: called with the epoch's losses so far after every iteration.
+
     Returns:
-        ``train_loss`` (mean over iterations), ``seconds_per_iteration`` (wall time including
-        data loading), ``patches_per_second``, ``iterations``.
+        ``train_loss`` (mean over the epoch's iterations), ``seconds_per_iteration`` (wall time
+        including data loading), ``patches_per_second``, ``iterations`` (done in this call),
+        ``interrupted`` (bool).
 
     Raises:
         FloatingPointError: the loss became NaN or infinite.
     """
     network.train()
-    losses, patches = [], 0
+    losses = [] if losses is None else losses
+    done, patches, interrupted = 0, 0, False
     start = time.perf_counter()
-    for batch in progress(loader, description, len(loader)):
+    for batch in progress(loader, description, total if total is not None else len(loader)):
         image = batch["image"].to(device, non_blocking=True)
         label = batch["label"].to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
@@ -61,11 +70,16 @@ def train_epoch(network, loader, loss_fn, optimizer, scheduler, *, device: torch
             optimizer.step()
         scheduler.step()
         losses.append(loss.item())
+        done += 1
         patches += image.shape[0]
+        after_iteration(losses)
+        if should_stop():
+            interrupted = True
+            break
     seconds = time.perf_counter() - start
-    n = max(1, len(losses))
-    return {"train_loss": float(np.mean(losses)), "seconds_per_iteration": seconds / n,
-            "patches_per_second": patches / max(seconds, 1e-9), "iterations": len(losses)}
+    return {"train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "seconds_per_iteration": seconds / max(1, done), "patches_per_second": patches / max(seconds, 1e-9),
+            "iterations": done, "interrupted": interrupted}
 
 
 @torch.no_grad()

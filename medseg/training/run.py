@@ -6,6 +6,8 @@ import json
 import math
 import re
 import resource
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,8 @@ from medseg.tracking import Tracker, resolve_tracking_uri
 from medseg.training.checkpoint import load_checkpoint, save_checkpoint
 from medseg.training.loop import train_epoch, validate
 from medseg.training.optim import build_optimizer, build_scheduler
+from medseg.training.sampling import EpochPatchStream, epoch_indices
+from medseg.errors import ConfigError, MedsegError
 
 Log = Callable[[str], None]
 
@@ -65,7 +69,6 @@ def select_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from medseg.errors import ConfigError
         raise ConfigError("train.device=cuda but no CUDA GPU is available; use auto or cpu", "train.device")
     return torch.device(name)
 
@@ -81,15 +84,39 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "dataset"
 
 
-def run_training(cfg: Config, *, progress: ProgressFn = silent, log: Log = lambda s: None) -> TrainingResult:
+def find_run_dir(resume: str | Path, tracking_uri: str | None = None) -> Path:
+    """A run folder given as a path, or the folder of an MLflow run id (its ``medseg.run_dir`` tag).
+
+    Raises:
+        MedsegError: neither a run folder with ``checkpoints/last.pt`` nor a known MLflow run id.
+    """
+    path = Path(resume)
+    if not path.exists():
+        run_id = str(resume)
+        try:
+            run = Tracker.client_for(resolve_tracking_uri(tracking_uri)).get_run(run_id)
+            path = Path(run.data.tags["medseg.run_dir"])
+        except Exception:
+            raise MedsegError("not a run folder, nor an MLflow run id known to the tracking store "
+                              f"{resolve_tracking_uri(tracking_uri)}", resume) from None
+    if not (path / "checkpoints" / "last.pt").is_file():
+        raise MedsegError("no checkpoints/last.pt in this run folder: nothing to resume", path)
+    return path
+
+
+def run_training(cfg: Config, *, resume_dir: Path | None = None, progress: ProgressFn = silent,
+                 log: Log = lambda s: None) -> TrainingResult:
     """Train and validate one model as configured by ``cfg`` (validated; ``cfg.data.root`` set).
+
+    Args:
+        resume_dir: a run folder to continue from its ``checkpoints/last.pt``, in the same MLflow run.
 
     Raises:
         DataError: bad dataset (checked before any training).
         ConfigError: patch size vs network, unknown norm, group/channel mismatch.
-        MedsegError: the MLflow store cannot be reached.
+        MedsegError: the MLflow store cannot be reached; the checkpoint cannot be loaded.
+        TrainingInterrupted: SIGTERM/SIGINT; a checkpoint was saved first.
     """
-    from medseg.errors import ConfigError
     if cfg.data.root is None:
         raise ConfigError("no dataset: set data.root in the config or pass --data DIR", "data.root")
     set_determinism(seed=cfg.seed, use_deterministic_algorithms=cfg.train.deterministic)
@@ -114,10 +141,28 @@ def run_training(cfg: Config, *, progress: ProgressFn = silent, log: Log = lambd
     train_items = [by_id[i] for i in split["train"]]
     val_items = [by_id[i] for i in split["val"]]
 
+    uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
+    if resume_dir is not None:
+        try:
+            state = load_checkpoint(resume_dir / "checkpoints" / "last.pt", map_location=device)
+        except Exception as e:
+            raise MedsegError(f"checkpoint cannot be loaded ({type(e).__name__}: {str(e)[:200]})",
+                              resume_dir / "checkpoints" / "last.pt") from None
+        tracker = Tracker.attach(uri, state["mlflow_run_id"])
+        log(f"MLflow run {tracker.run_id} in {tracker.uri} (resumed)")
+        try:
+            result = _fit(cfg, plan, net_spec, network, device, train_items, val_items, resume_dir, tracker,
+                          progress, log, state)
+        except BaseException as e:
+            tracker.end("KILLED" if isinstance(e, (KeyboardInterrupt, TrainingInterrupted)) else "FAILED")
+            raise
+        tracker.end("FINISHED")
+        return result
+
     tags = {"norm": m.norm, "batch_size": cfg.train.batch_size, "fold": cfg.data.fold, "dataset": spec.name}
     run_name = f"{_slug(spec.name)}_{m.norm}_bs{cfg.train.batch_size}_fold{cfg.data.fold}_{time.strftime('%Y%m%d-%H%M%S')}"
-    tracker = Tracker(resolve_tracking_uri(cfg.tracking.tracking_uri), cfg.tracking.experiment, run_name, tags)
-    run_dir = Path(cfg.output_dir) / run_name
+    run_dir = Path(cfg.output_dir).resolve() / run_name
+    tracker = Tracker(uri, cfg.tracking.experiment, run_name, {**tags, "medseg.run_dir": str(run_dir)})
     run_dir.mkdir(parents=True, exist_ok=False)
     log(f"run {run_name}: {len(train_items)} training / {len(val_items)} validation cases, patch {plan.patch_size}, "
         f"spacing {tuple(round(s, 3) for s in plan.target_spacing)} mm, norm {m.norm}, device {device}")
@@ -134,13 +179,14 @@ def run_training(cfg: Config, *, progress: ProgressFn = silent, log: Log = lambd
             tracker.log_artifact(run_dir / name)
         result = _fit(cfg, plan, net_spec, network, device, train_items, val_items, run_dir, tracker, progress, log)
     except BaseException as e:
-        tracker.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        tracker.end("KILLED" if isinstance(e, (KeyboardInterrupt, TrainingInterrupted)) else "FAILED")
         raise
     tracker.end("FINISHED")
     return result
 
 
 def _datasets(cfg: Config, plan, train_items, val_items, progress):
+    """Preprocessed validation volumes, and the training patch stream (see training/sampling.py)."""
     pre = mt.preprocessing(plan)
     prep = Compose([mt.patch_preparation(plan), EnsureTyped(keys=("image", "label"), track_meta=False)])
     a = cfg.augment
@@ -150,26 +196,25 @@ def _datasets(cfg: Config, plan, train_items, val_items, progress):
         brightness_contrast=a.brightness_contrast, probability=a.probability)
     val = [pre(it) for it in progress(val_items, "Caching validation volumes", len(val_items))]
     if cfg.data.cache == "memory":
-        cached = [prep(pre(it)) for it in progress(train_items, "Caching training volumes", len(train_items))]
-        train_ds = Dataset(cached, transform=rand)
+        volumes = [prep(pre(it)) for it in progress(train_items, "Caching training volumes", len(train_items))]
     elif cfg.data.cache == "disk":
-        train_ds = PersistentDataset(train_items, transform=Compose([pre, prep, rand]),
-                                     cache_dir=Path(cfg.data.cache_dir) / "preprocessed")
+        volumes = PersistentDataset(train_items, transform=Compose([pre, prep]),
+                                    cache_dir=Path(cfg.data.cache_dir) / "preprocessed")
     else:
-        train_ds = Dataset(train_items, transform=Compose([pre, prep, rand]))
-    rand.set_random_state(seed=cfg.seed)
-    return train_ds, val
+        volumes = Dataset(train_items, transform=Compose([pre, prep]))
+    stream = EpochPatchStream(volumes, rand, cfg.train.iterations_per_epoch * cfg.train.batch_size, cfg.seed)
+    return stream, val
+
+
+class TrainingInterrupted(MedsegError):
+    """SIGTERM/SIGINT arrived: a checkpoint was saved and the run can be resumed."""
 
 
 def _fit(cfg: Config, plan, net_spec, network, device, train_items, val_items, run_dir: Path, tracker: Tracker,
-         progress: ProgressFn, log: Log) -> TrainingResult:
+         progress: ProgressFn, log: Log, state: dict | None = None) -> TrainingResult:
     t = cfg.train
-    train_ds, val_volumes = _datasets(cfg, plan, train_items, val_items, progress)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    sampler = torch.utils.data.RandomSampler(train_ds, replacement=True,
-                                             num_samples=t.iterations_per_epoch * t.batch_size, generator=generator)
-    loader = DataLoader(train_ds, batch_size=t.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
-                        persistent_workers=cfg.data.num_workers > 0, pin_memory=device.type == "cuda", drop_last=True)
+    stream, val_volumes = _datasets(cfg, plan, train_items, val_items, progress)
+    per_epoch = t.iterations_per_epoch * t.batch_size
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
     optimizer = build_optimizer(network.parameters(), t.optimizer, t.lr, t.momentum, t.weight_decay)
     total = t.epochs * t.iterations_per_epoch
@@ -180,35 +225,90 @@ def _fit(cfg: Config, plan, net_spec, network, device, train_items, val_items, r
     fg_labels = {k: v for k, v in plan.labels.items() if k}
     ckpt_dir = run_dir / "checkpoints"
     history: list[dict] = []
-    best, best_epoch = -1.0, -1
-    for epoch in range(t.epochs):
-        lr = optimizer.param_groups[0]["lr"]
-        stats = train_epoch(network, loader, loss_fn, optimizer, scheduler, device=device, amp=amp, scaler=scaler,
-                            grad_clip=t.grad_clip, progress=progress, description=f"epoch {epoch + 1}/{t.epochs}")
-        row = {"epoch": epoch, "train_loss": stats["train_loss"], "learning_rate": lr,
-               "seconds_per_iteration": stats["seconds_per_iteration"],
-               "patches_per_second": stats["patches_per_second"], "peak_memory_mb": peak_memory_mb(device)}
-        last_epoch = epoch == t.epochs - 1
-        if (epoch + 1) % cfg.validation.every_n_epochs == 0 or last_epoch:
-            v0 = time.perf_counter()
-            val = validate(network, val_volumes, inferer, num_classes=plan.num_classes, spacing=plan.target_spacing,
-                           amp=amp, progress=progress)
-            for k, name in fg_labels.items():
-                row[f"val_dice_{name}"] = val["per_class"][k]["dice"]
-            row["val_dice_mean"] = float(np.mean([val["per_class"][k]["dice"] for k in fg_labels]))
-            row["validation_seconds"] = time.perf_counter() - v0
-            if row["val_dice_mean"] > best:
-                best, best_epoch = row["val_dice_mean"], epoch
-                save_checkpoint({"network": network.state_dict(), "epoch": epoch, "val_dice_mean": best},
-                                ckpt_dir / "best.pt")
+    best, best_epoch, start_epoch, start_iteration, epoch_losses = -1.0, -1, 0, 0, []
+    if state is not None:
+        network.load_state_dict(state["network"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        best, best_epoch, history = state["best_val_dice_mean"], state["best_epoch"], list(state["history"])
+        start_epoch, start_iteration = state["next_epoch"], state["next_iteration"]
+        epoch_losses = list(state["epoch_losses"])
+        if history and not tracker.has_metric("train_loss", history[-1]["epoch"]):
+            tracker.log_metrics({k: v for k, v in history[-1].items() if k != "epoch"}, step=history[-1]["epoch"])
+        log(f"resuming at epoch {start_epoch + 1}, iteration {start_iteration}")
+
+    def save_last(next_epoch: int, next_iteration: int, losses: list[float]) -> None:
         save_checkpoint({"network": network.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "epoch": epoch, "best_val_dice_mean": best,
-                         "best_epoch": best_epoch}, ckpt_dir / "last.pt")
-        history.append(row)
-        tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-        dice_txt = " ".join(f"{n}={row[f'val_dice_{n}']:.3f}" for n in fg_labels.values()) if "val_dice_mean" in row else ""
-        log(f"epoch {epoch + 1}/{t.epochs} loss {row['train_loss']:.4f} lr {lr:.2e} "
-            f"{row['seconds_per_iteration']:.3f} s/it {row['patches_per_second']:.1f} patches/s {dice_txt}")
+                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else {},
+                         "next_epoch": next_epoch, "next_iteration": next_iteration, "epoch_losses": list(losses),
+                         "best_val_dice_mean": best, "best_epoch": best_epoch, "history": history,
+                         "mlflow_run_id": tracker.run_id, "seed": cfg.seed}, ckpt_dir / "last.pt")
+
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signal.Signals(signum).name
+
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for epoch in range(start_epoch, t.epochs):
+            first = start_iteration if epoch == start_epoch else 0
+            losses = epoch_losses if epoch == start_epoch else []
+            loader = DataLoader(stream, batch_size=t.batch_size, sampler=epoch_indices(epoch, per_epoch, first * t.batch_size),
+                                num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+            lr = optimizer.param_groups[0]["lr"]
+            every = t.checkpoint_every_iterations
+
+            def after_iteration(ls, epoch=epoch):
+                if every and len(ls) % every == 0:
+                    save_last(epoch, len(ls), ls)
+
+            try:
+                stats = train_epoch(network, loader, loss_fn, optimizer, scheduler, device=device, amp=amp,
+                                    scaler=scaler, grad_clip=t.grad_clip, progress=progress,
+                                    description=f"epoch {epoch + 1}/{t.epochs}", losses=losses,
+                                    should_stop=lambda: stop["signal"] is not None, after_iteration=after_iteration)
+            except torch.OutOfMemoryError:
+                optimizer.zero_grad(set_to_none=True)
+                save_last(epoch, len(losses), losses)
+                raise MedsegError(f"out of {device.type} memory at batch size {t.batch_size}, patch "
+                                  f"{plan.patch_size}: lower train.batch_size or sampling.patch_size. A checkpoint "
+                                  f"was saved; resume with: medseg train --resume {run_dir}", ckpt_dir / "last.pt") from None
+            if stats["interrupted"]:
+                save_last(epoch, len(losses), losses)
+                raise TrainingInterrupted(
+                    f"{stop['signal']} received: stopped at epoch {epoch + 1}, iteration {len(losses)}; checkpoint "
+                    f"saved. Resume with: medseg train --resume {run_dir}", ckpt_dir / "last.pt")
+            row = {"epoch": epoch, "train_loss": stats["train_loss"], "learning_rate": lr,
+                   "seconds_per_iteration": stats["seconds_per_iteration"],
+                   "patches_per_second": stats["patches_per_second"], "peak_memory_mb": peak_memory_mb(device)}
+            last_epoch = epoch == t.epochs - 1
+            if (epoch + 1) % cfg.validation.every_n_epochs == 0 or last_epoch:
+                v0 = time.perf_counter()
+                val = validate(network, val_volumes, inferer, num_classes=plan.num_classes,
+                               spacing=plan.target_spacing, amp=amp, progress=progress)
+                for k, name in fg_labels.items():
+                    row[f"val_dice_{name}"] = val["per_class"][k]["dice"]
+                row["val_dice_mean"] = float(np.mean([val["per_class"][k]["dice"] for k in fg_labels]))
+                row["validation_seconds"] = time.perf_counter() - v0
+                if row["val_dice_mean"] > best:
+                    best, best_epoch = row["val_dice_mean"], epoch
+                    save_checkpoint({"network": network.state_dict(), "epoch": epoch, "val_dice_mean": best},
+                                    ckpt_dir / "best.pt")
+            history.append(row)
+            save_last(epoch + 1, 0, [])  # first the checkpoint, then the metrics (a resume logs what is missing)
+            tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            dice_txt = " ".join(f"{n}={row[f'val_dice_{n}']:.3f}" for n in fg_labels.values()) \
+                if "val_dice_mean" in row else ""
+            log(f"epoch {epoch + 1}/{t.epochs} loss {row['train_loss']:.4f} lr {lr:.2e} "
+                f"{row['seconds_per_iteration']:.3f} s/it {row['patches_per_second']:.1f} patches/s {dice_txt}")
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
     # --- final: best model, HD95, plots, model directory
     network.load_state_dict(load_checkpoint(ckpt_dir / "best.pt", map_location=device)["network"])
