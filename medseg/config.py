@@ -117,6 +117,8 @@ class TrainConfig(_Strict):
     amp: Literal["bf16", "fp16", "none"] = "bf16"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = False
+    channels_last: bool = Field(False, description="channels_last_3d memory format (faster convolutions on CPU oneDNN "
+                                                   "and on GPU tensor cores).")
     checkpoint_every_iterations: int | None = Field(
         None, ge=1, description="Also checkpoint every N iterations (a checkpoint is always written each epoch).")
 
@@ -128,6 +130,8 @@ class ValidationConfig(_Strict):
     overlap: float = Field(0.5, ge=0, lt=1)
     sw_batch_size: int = Field(4, ge=1)
     hd95: bool = True
+    tta: bool = Field(False, description="Mirroring test-time augmentation in the final validation of the best model "
+                                         "(as nnU-Net's validation does); per-epoch validation never uses it.")
 
 
 class TrackingConfig(_Strict):

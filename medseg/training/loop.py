@@ -25,7 +25,7 @@ def train_epoch(network, loader, loss_fn, optimizer, scheduler, *, device: torch
                 scaler: torch.amp.GradScaler | None = None, grad_clip: float | None = None,
                 progress: ProgressFn = silent, description: str = "train", total: int | None = None,
                 losses: list[float] | None = None, should_stop=lambda: False,
-                after_iteration=lambda losses: None) -> dict[str, float]:
+                after_iteration=lambda losses: None, channels_last: bool = False) -> dict[str, float]:
     """One pass over ``loader`` (batches of ``image`` (N, C, *patch) and ``label`` (N, 1, *patch)).
 
     The learning-rate scheduler steps after every iteration.
@@ -34,6 +34,7 @@ def train_epoch(network, loader, loss_fn, optimizer, scheduler, *, device: torch
         losses: losses of iterations of this epoch already done (when resuming mid-epoch); appended to.
         should_stop: checked after every iteration; True ends the epoch early (``interrupted``).
         after_iteration: called with the epoch's losses so far after every iteration.
+        channels_last: feed images in channels_last_3d memory format (the network should be too).
 
     Returns:
         ``train_loss`` (mean over the epoch's iterations), ``seconds_per_iteration`` (wall time
@@ -49,6 +50,8 @@ def train_epoch(network, loader, loss_fn, optimizer, scheduler, *, device: torch
     start = time.perf_counter()
     for batch in progress(loader, description, total if total is not None else len(loader)):
         image = batch["image"].to(device, non_blocking=True)
+        if channels_last:
+            image = image.contiguous(memory_format=torch.channels_last_3d)
         label = batch["label"].to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, amp):
@@ -84,12 +87,13 @@ def train_epoch(network, loader, loss_fn, optimizer, scheduler, *, device: torch
 
 @torch.no_grad()
 def validate(network, volumes: list[dict], inferer, *, num_classes: int, spacing, amp: str = "none",
-             hd95: bool = False, progress: ProgressFn = silent, keep_first: bool = False) -> dict:
+             hd95: bool = False, progress: ProgressFn = silent, keep_first: bool = False, tta: bool = False) -> dict:
     """Sliding-window prediction of whole preprocessed validation volumes and their metrics.
 
     Args:
         volumes: dicts with ``image`` (C, X, Y, Z), ``label`` (1, X, Y, Z) and ``case_id``.
         spacing: voxel size in mm of the preprocessed grid (for HD95).
+        tta: mirroring test-time augmentation (8 flips).
 
     Returns:
         ``{"per_class": {label: {"dice", "hd95"}}, "cases": [{case_id, label: {...}}],
@@ -99,7 +103,7 @@ def validate(network, volumes: list[dict], inferer, *, num_classes: int, spacing
     rows, cases, first = [], [], None
     for vol in progress(volumes, "validate", len(volumes)):
         image = torch.as_tensor(vol["image"])[None].float()
-        prob = predict_probabilities(network, image, inferer, amp=amp)
+        prob = predict_probabilities(network, image, inferer, amp=amp, tta=tta)
         pred = prob.argmax(1)[0].cpu().numpy()
         ref = np.asarray(torch.as_tensor(vol["label"])[0]).astype(np.int64)
         m = per_class_metrics(pred, ref, num_classes, spacing=spacing, hd95=hd95)

@@ -142,47 +142,50 @@ def run_training(cfg: Config, *, resume_dir: Path | None = None, progress: Progr
     val_items = [by_id[i] for i in split["val"]]
 
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
+    state = None
     if resume_dir is not None:
         try:
             state = load_checkpoint(resume_dir / "checkpoints" / "last.pt", map_location=device)
         except Exception as e:
             raise MedsegError(f"checkpoint cannot be loaded ({type(e).__name__}: {str(e)[:200]})",
                               resume_dir / "checkpoints" / "last.pt") from None
-        tracker = Tracker.attach(uri, state["mlflow_run_id"])
+        run_dir, tracker = resume_dir, Tracker.attach(uri, state["mlflow_run_id"])
         log(f"MLflow run {tracker.run_id} in {tracker.uri} (resumed)")
-        try:
-            result = _fit(cfg, plan, net_spec, network, device, train_items, val_items, resume_dir, tracker,
-                          progress, log, state)
-        except BaseException as e:
-            tracker.end("KILLED" if isinstance(e, (KeyboardInterrupt, TrainingInterrupted)) else "FAILED")
-            raise
-        tracker.end("FINISHED")
-        return result
-
-    tags = {"norm": m.norm, "batch_size": cfg.train.batch_size, "fold": cfg.data.fold, "dataset": spec.name}
-    run_name = f"{_slug(spec.name)}_{m.norm}_bs{cfg.train.batch_size}_fold{cfg.data.fold}_{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(cfg.output_dir).resolve() / run_name
-    tracker = Tracker(uri, cfg.tracking.experiment, run_name, {**tags, "medseg.run_dir": str(run_dir)})
-    run_dir.mkdir(parents=True, exist_ok=False)
-    log(f"run {run_name}: {len(train_items)} training / {len(val_items)} validation cases, patch {plan.patch_size}, "
-        f"spacing {tuple(round(s, 3) for s in plan.target_spacing)} mm, norm {m.norm}, device {device}")
-    log(f"MLflow run {tracker.run_id} in {tracker.uri}")
+    else:
+        tags = {"norm": m.norm, "batch_size": cfg.train.batch_size, "fold": cfg.data.fold, "dataset": spec.name}
+        run_name = (f"{_slug(spec.name)}_{m.norm}_bs{cfg.train.batch_size}_fold{cfg.data.fold}_"
+                    f"{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir = Path(cfg.output_dir).resolve() / run_name
+        tracker = Tracker(uri, cfg.tracking.experiment, run_name, {**tags, "medseg.run_dir": str(run_dir)})
+        run_dir.mkdir(parents=True, exist_ok=False)
+        log(f"run {run_name}: {len(train_items)} training / {len(val_items)} validation cases, patch "
+            f"{plan.patch_size}, spacing {tuple(round(s, 3) for s in plan.target_spacing)} mm, norm {m.norm}, "
+            f"device {device}")
+        log(f"MLflow run {tracker.run_id} in {tracker.uri}")
     try:
-        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
-        save_split(split, run_dir / "split.json")
-        (run_dir / "fingerprint.json").write_text(json.dumps(fingerprint, indent=1))
-        (run_dir / "plan.json").write_text(json.dumps(plan.to_dict(), indent=1))
-        tracker.log_params({**flatten(cfg), **{f"plan.{k}": json.dumps(v) if isinstance(v, (list, tuple, dict)) else v
-                               for k, v in plan.to_dict().items() if k != "extra"},
-                            "data.num_train_cases": len(train_items), "data.num_val_cases": len(val_items)})
-        for name in ("config.yaml", "split.json", "fingerprint.json", "plan.json"):
-            tracker.log_artifact(run_dir / name)
-        result = _fit(cfg, plan, net_spec, network, device, train_items, val_items, run_dir, tracker, progress, log)
+        if state is None:
+            _record_inputs(cfg, plan, fingerprint, split, run_dir, tracker)
+        result = _fit(cfg, plan, net_spec, network, device, train_items, val_items, run_dir, tracker, progress, log,
+                      state)
     except BaseException as e:
         tracker.end("KILLED" if isinstance(e, (KeyboardInterrupt, TrainingInterrupted)) else "FAILED")
         raise
     tracker.end("FINISHED")
     return result
+
+
+def _record_inputs(cfg: Config, plan, fingerprint: dict, split: dict, run_dir: Path, tracker: Tracker) -> None:
+    """Write and log what defines the run: resolved config, split, fingerprint, plan, params."""
+    (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+    save_split(split, run_dir / "split.json")
+    (run_dir / "fingerprint.json").write_text(json.dumps(fingerprint, indent=1))
+    (run_dir / "plan.json").write_text(json.dumps(plan.to_dict(), indent=1))
+    plan_params = {f"plan.{k}": json.dumps(v) if isinstance(v, (list, tuple, dict)) else v
+                   for k, v in plan.to_dict().items() if k != "extra"}
+    tracker.log_params({**flatten(cfg), **plan_params, "data.num_train_cases": len(split["train"]),
+                        "data.num_val_cases": len(split["val"])})
+    for name in ("config.yaml", "split.json", "fingerprint.json", "plan.json"):
+        tracker.log_artifact(run_dir / name)
 
 
 def _datasets(cfg: Config, plan, train_items, val_items, progress):
@@ -213,6 +216,8 @@ class TrainingInterrupted(MedsegError):
 def _fit(cfg: Config, plan, net_spec, network, device, train_items, val_items, run_dir: Path, tracker: Tracker,
          progress: ProgressFn, log: Log, state: dict | None = None) -> TrainingResult:
     t = cfg.train
+    if t.channels_last:
+        network.to(memory_format=torch.channels_last_3d)
     stream, val_volumes = _datasets(cfg, plan, train_items, val_items, progress)
     per_epoch = t.iterations_per_epoch * t.batch_size
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
@@ -271,7 +276,8 @@ def _fit(cfg: Config, plan, net_spec, network, device, train_items, val_items, r
                 stats = train_epoch(network, loader, loss_fn, optimizer, scheduler, device=device, amp=amp,
                                     scaler=scaler, grad_clip=t.grad_clip, progress=progress,
                                     description=f"epoch {epoch + 1}/{t.epochs}", losses=losses,
-                                    should_stop=lambda: stop["signal"] is not None, after_iteration=after_iteration)
+                                    should_stop=lambda: stop["signal"] is not None, after_iteration=after_iteration,
+                                    channels_last=t.channels_last)
             except torch.OutOfMemoryError:
                 optimizer.zero_grad(set_to_none=True)
                 save_last(epoch, len(losses), losses)
@@ -313,7 +319,7 @@ def _fit(cfg: Config, plan, net_spec, network, device, train_items, val_items, r
     # --- final: best model, HD95, plots, model directory
     network.load_state_dict(load_checkpoint(ckpt_dir / "best.pt", map_location=device)["network"])
     final = validate(network, val_volumes, inferer, num_classes=plan.num_classes, spacing=plan.target_spacing,
-                     amp=amp, hd95=cfg.validation.hd95, progress=progress, keep_first=True)
+                     amp=amp, hd95=cfg.validation.hd95, progress=progress, keep_first=True, tta=cfg.validation.tta)
     val_dice = {name: final["per_class"][k]["dice"] for k, name in fg_labels.items()}
     val_hd95 = {name: final["per_class"][k]["hd95"] for k, name in fg_labels.items()}
     summary = {f"best_val_dice_{n}": d for n, d in val_dice.items()}
