@@ -29,5 +29,9 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q tests
 
+# Inference speed: medseg vs a plain MONAI sliding-window loop in the same process.
+bench: install
+	$(BIN)/python benchmarks/inference.py --json runs/bench_inference.json
+
 clean:
 	rm -rf $(VENV) runs mlruns mlflow.db .medseg_cache

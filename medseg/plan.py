@@ -41,19 +41,23 @@ class Plan:
 
     @property
     def num_classes(self) -> int:
+        """Network output channels: classes including background."""
         return max(self.labels) + 1
 
     @property
     def in_channels(self) -> int:
+        """Network input channels: one per modality."""
         return len(self.modality)
 
     def to_dict(self) -> dict:
+        """JSON-serialisable form (label keys as strings)."""
         d = asdict(self)
         d["labels"] = {str(k): v for k, v in self.labels.items()}
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Plan":
+        """Inverse of :meth:`to_dict`."""
         d = dict(d)
         d["labels"] = {int(k): v for k, v in d["labels"].items()}
         d["target_spacing"] = tuple(d["target_spacing"])

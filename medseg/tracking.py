@@ -130,12 +130,15 @@ class Tracker:
             self.client.log_batch(self.run_id, metrics=items)
 
     def set_tags(self, tags: dict[str, str]) -> None:
+        """Add or overwrite string tags."""
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Copy one local file into the run's artifacts (under ``artifact_path``)."""
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def log_artifacts(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Copy a local folder's files into the run's artifacts (under ``artifact_path``)."""
         self.client.log_artifacts(self.run_id, str(path), artifact_path)
 
     def end(self, status: str = "FINISHED") -> None:

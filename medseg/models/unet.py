@@ -37,9 +37,11 @@ class NetworkSpec:
 
     @property
     def deep_supr_num(self) -> int:
+        """Extra deep-supervision heads: the two decoder levels below the top (fewer for shallow nets)."""
         return max(1, min(2, len(self.filters) - 2))
 
     def to_dict(self) -> dict:
+        """JSON-serialisable form (stored in medseg_model.json)."""
         return asdict(self)
 
 
