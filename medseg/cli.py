@@ -50,6 +50,8 @@ def train(
     experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment name."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI "
                                                "(default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."),
+    deterministic: bool = typer.Option(False, "--deterministic", help="Deterministic algorithms: identical results "
+                                       "for the same config and seed on CPU (sets train.deterministic)."),
     offline: bool = typer.Option(False, "--offline", help="Log to the local store sqlite:///mlflow.db whatever "
                                  "the config or MLFLOW_TRACKING_URI say."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines."),
@@ -65,6 +67,8 @@ def train(
         overrides.append(f"data.fold={fold}")
     if experiment:
         overrides.append(f"tracking.experiment={experiment}")
+    if deterministic:
+        overrides.append("train.deterministic=true")
     if offline:
         tracking_uri = f"sqlite:///{Path('mlflow.db').resolve()}"
     if tracking_uri:
