@@ -18,9 +18,9 @@ class MedsegError(Exception):
     """
 
     def __init__(self, message: str, path: str | Path | None = None):
-        self.path = None if path is None else Path(path)
+        self.path = path  # a file, folder, URI or option name, as given
         self.reason = message
-        super().__init__(f"{self.path}: {message}" if self.path is not None else message)
+        super().__init__(f"{path}: {message}" if path is not None else message)
 
 
 class ConfigError(MedsegError):

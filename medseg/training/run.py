@@ -33,7 +33,7 @@ from medseg.progress import ProgressFn, silent
 from medseg.tracking import Tracker, resolve_tracking_uri
 from medseg.training.checkpoint import load_checkpoint, save_checkpoint
 from medseg.training.loop import train_epoch, validate
-from medseg.training.optim import build_optimizer, build_scheduler
+from medseg.training.optim import build_optimizer, build_scheduler, poly_lr_factor
 from medseg.training.sampling import EpochPatchStream, epoch_indices
 from medseg.errors import ConfigError, MedsegError
 
@@ -265,7 +265,8 @@ def _fit(cfg: Config, plan, net_spec, network, device, train_items, val_items, r
             losses = epoch_losses if epoch == start_epoch else []
             loader = DataLoader(stream, batch_size=t.batch_size, sampler=epoch_indices(epoch, per_epoch, first * t.batch_size),
                                 num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
-            lr = optimizer.param_groups[0]["lr"]
+            lr = t.lr * poly_lr_factor(epoch * t.iterations_per_epoch, total, t.warmup_epochs * t.iterations_per_epoch,
+                                       t.poly_exponent)  # at the epoch's start, also when resuming mid-epoch
             every = t.checkpoint_every_iterations
 
             def after_iteration(ls, epoch=epoch):
