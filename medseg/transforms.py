@@ -1,7 +1,7 @@
 """MONAI transform chains built from a :class:`~medseg.plan.Plan`.
 
 * :func:`preprocessing` - deterministic, cached: load (nibabel), channel first, reorient to RAS,
-  resample to the target spacing, normalize intensities by modality, optional foreground crop.
+  resample to the target spacing, optional crop to the nonzero box, normalize intensities by modality.
 * :func:`patch_preparation` - deterministic, cached: pad to the patch size, index voxels per class.
 * :func:`patch_sampling_and_augmentation` - random, per iteration: foreground-oversampled
   patch crop and on-the-fly augmentation.
@@ -37,9 +37,9 @@ def preprocessing(plan: Plan, keys: tuple[str, ...] = ("image", "label")) -> T.C
         T.Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         T.Spacingd(keys=keys, pixdim=plan.target_spacing, mode=modes),
     ]
-    chain += intensity_normalization(plan)
-    if plan.crop_foreground:
+    if plan.crop_foreground:  # on raw intensities: > 0 is the body for CT (HU + 1000) and MRI
         chain.append(T.CropForegroundd(keys=keys, source_key="image", allow_smaller=True, margin=0))
+    chain += intensity_normalization(plan)
     chain.append(T.EnsureTyped(keys="image", dtype=np.float32, track_meta=True))
     return T.Compose(chain)
 

@@ -27,12 +27,16 @@ def _train(work, uri, *extra, wait=True):
     return proc
 
 
-def _wait_for(path, proc, timeout=300):
+def _start_until_first_checkpoint(work, uri, timeout=300):
+    """Start a training subprocess and return it once its first checkpoints/last.pt exists."""
+    proc = _train(work, uri, wait=False)
     t0 = time.time()
-    while not path.exists():
+    while not list((work / "runs").glob("*/checkpoints/last.pt")):
         assert proc.poll() is None, proc.communicate()
         assert time.time() - t0 < timeout
-        time.sleep(0.05)
+        time.sleep(0.02)
+    (last,) = list((work / "runs").glob("*/checkpoints/last.pt"))
+    return proc, last
 
 
 def _history(client, run_id, key):
@@ -54,13 +58,7 @@ def reference(tmp_path_factory):
 def test_sigkill_then_resume_matches_uninterrupted_run(kill_at, reference, tmp_path):
     ref_client, ref_id = reference
     uri = f"sqlite:///{tmp_path / 'store.db'}"
-    proc = _train(tmp_path, uri, wait=False)
-    runs = tmp_path / "runs"
-    _wait_for(runs, proc)
-    while not list(runs.glob("*/checkpoints/last.pt")):
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.02)
-    (last,) = list(runs.glob("*/checkpoints/last.pt"))
+    proc, last = _start_until_first_checkpoint(tmp_path, uri)
     if kill_at == "second epoch":
         from medseg.training.checkpoint import load_checkpoint
         while True:
@@ -86,12 +84,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(kill_at, reference, tmp_p
 
 def test_sigterm_saves_and_says_how_to_resume(tmp_path):
     uri = f"sqlite:///{tmp_path / 'store.db'}"
-    proc = _train(tmp_path, uri, wait=False)
-    runs = tmp_path / "runs"
-    _wait_for(runs, proc)
-    while not list(runs.glob("*/checkpoints/last.pt")):
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.02)
+    proc, _ = _start_until_first_checkpoint(tmp_path, uri)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

@@ -66,6 +66,12 @@ def test_ct_is_reoriented_resampled_and_clipped():
     lab = out["label"].numpy()[0]
     com_out = aff @ np.r_[np.argwhere(lab == 5).mean(0), 1]
     assert np.allclose(com_src[:3], com_out[:3], atol=3.0)  # within a voxel (mm)
+    # cropping to the nonzero (scanned) box keeps every labelled voxel and only drops air
+    from dataclasses import replace
+    cropped = mt.preprocessing(replace(plan, crop_foreground=True))(case.as_dict())
+    assert np.prod(cropped["image"].shape) < np.prod(out["image"].shape)
+    for k in range(1, 6):
+        assert (cropped["label"].numpy() == k).sum() == (lab == k).sum()
 
 
 def test_patches_are_padded_and_foreground_oversampled(hippo_plan):
