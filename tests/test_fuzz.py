@@ -1,7 +1,6 @@
 """Fuzz / property tests: any input ends in success or medseg's own error, never an unhandled
 exception. Example counts are bounded so CI stays fast."""
 import gzip
-import io
 import json
 
 import nibabel as nib

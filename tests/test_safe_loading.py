@@ -2,10 +2,8 @@
 import hashlib
 import json
 import pickle
-import shutil
 
 import pytest
-import torch
 
 from medseg.errors import ModelError
 from medseg.models import NetworkSpec, build_unet

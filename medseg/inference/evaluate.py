@@ -1,7 +1,6 @@
 """Evaluate a model directory on a labelled MSD dataset, in each case's original geometry."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
