@@ -47,9 +47,11 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def write_csv(rows: list[dict], path: str | Path) -> Path:
-    """Write dict rows as CSV (header from the first row's keys) atomically."""
+    """Write dict rows as CSV atomically; the header is every key in order of first appearance
+    (a row without a key gets an empty cell)."""
+    fields = list(dict.fromkeys(k for r in rows for k in r)) or ["case_id"]
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["case_id"])
+        w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
     return Path(path)

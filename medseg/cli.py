@@ -205,13 +205,141 @@ def convert(
     out.print(f"wrote {path}")
 
 
+def _csv(text: str, cast, option: str) -> tuple:
+    try:
+        return tuple(cast(x.strip()) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise MedsegError(f"expected a comma-separated list, got {text!r}", option) from None
+
+
+@app.command()
+def sweep(
+    config: Path = typer.Option(..., "--config", "-c", help="Base YAML config: fold, patch, augmentation, network "
+                                "and train.lr at train.batch_size apply to every run."),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="MSD-layout dataset folder (overrides data.root)."),
+    norms: str = typer.Option("instance,group,batch", "--norms", help="Comma-separated: instance, group, layer, "
+                              "batch, none."),
+    batch_sizes: str = typer.Option("1,2,3,4", "--batch-sizes", help="Comma-separated batch sizes."),
+    seeds: int = typer.Option(2, "--seeds", min=1, help="Seeds per cell (0..N-1)."),
+    budget_samples: Optional[int] = typer.Option(None, "--budget-samples", min=1, help="Training patches per run "
+                                                 "(the default rule; default: the config's epochs x iterations x "
+                                                 "batch size)."),
+    budget_iterations: Optional[int] = typer.Option(None, "--budget-iterations", min=1, help="Iterations per run."),
+    budget_minutes: Optional[float] = typer.Option(None, "--budget-minutes", min=0.01, help="Training minutes per "
+                                                   "run (iterations from a measured s/it)."),
+    lr_rule: str = typer.Option("sqrt", "--lr-rule", help="Learning rate vs batch size: sqrt, linear or none."),
+    evaluations: int = typer.Option(5, "--evaluations", min=1, help="Validations per run (learning-curve points)."),
+    fold: Optional[int] = typer.Option(None, "--fold", help="Validation fold (overrides data.fold)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a base config value: section.key=value."),
+    experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment name."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI."),
+    sweep_id: Optional[str] = typer.Option(None, "--sweep-id", help="Name the sweep (default: a hash of its "
+                                           "definition, so rerunning the same command continues it)."),
+    report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="Report folder (default: "
+                                              "<output_dir>/sweeps/<id>/report)."),
+):
+    """Train one model per (norm, batch size, seed) as child MLflow runs of one parent run, then report.
+
+    Interrupted (Ctrl-C, SIGTERM), the same command continues: finished runs are skipped and the
+    interrupted one resumes from its checkpoint.
+    """
+    from medseg.config import load_config
+    from medseg.study.report import build_report
+    from medseg.study.sweep import SweepSpec, run_sweep
+
+    given = [(k, v) for k, v in (("samples", budget_samples), ("iterations", budget_iterations),
+                                 ("minutes", budget_minutes)) if v is not None]
+    if len(given) > 1:
+        raise MedsegError("give at most one of --budget-samples, --budget-iterations, --budget-minutes", "medseg sweep")
+    overrides = list(set_) + ([f"data.root={data}"] if data else []) + ([f"data.fold={fold}"] if fold is not None else [])
+    overrides += [f"tracking.experiment={experiment}"] if experiment else []
+    overrides += [f"tracking.tracking_uri={tracking_uri}"] if tracking_uri else []
+    cfg = load_config(config, overrides)
+    kind, value = given[0] if given else ("samples", cfg.train.epochs * cfg.train.iterations_per_epoch * cfg.train.batch_size)
+    spec = SweepSpec(norms=_csv(norms, str, "--norms"), batch_sizes=_csv(batch_sizes, int, "--batch-sizes"),
+                     seeds=tuple(range(seeds)), budget=kind, budget_value=float(value), lr_rule=lr_rule,
+                     evaluations=evaluations)
+    sid, parent_id, status = run_sweep(cfg, spec, sweep_id=sweep_id, log=console.print)
+    folder = report_dir or Path(cfg.output_dir) / "sweeps" / sid / "report"
+    report = build_report(_uri(tracking_uri or cfg.tracking.tracking_uri), cfg.tracking.experiment, folder, sid)
+    out.print(_summary_table(report))
+    out.print(f"sweep {sid}: parent MLflow run {parent_id}; report in {folder}")
+    failed = {k: v for k, v in status.items() if v.startswith("failed")}
+    for k, v in failed.items():
+        console.print(f"[bold red]{k}:[/] {v}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _uri(uri: Optional[str]) -> str:
+    from medseg.tracking import resolve_tracking_uri
+    return resolve_tracking_uri(uri)
+
+
+def _summary_table(report: dict) -> Table:
+    table = Table(title=f"sweep {report['sweep_id']}: mean ± std over seeds")
+    for col in ("norm", "batch size", "seeds", "mean Dice", "HD95 (mm)", "s/it", "peak MB", "BN gap"):
+        table.add_column(col)
+    for s in report["summary"]:
+        def pm(k, f):
+            m, sd = s[f"{k}_mean"], s[f"{k}_std"]
+            return "-" if not math.isfinite(m) else format(m, f) + (f" ± {format(sd, f)}" if math.isfinite(sd) else "")
+        table.add_row(s["norm"], str(s["batch_size"]), str(s["seeds"]), pm("dice_mean", ".3f"), pm("hd95_mean", ".2f"),
+                      pm("seconds_per_iteration", ".3f"), pm("peak_memory_mb", ".0f"), pm("bn_batch_stats_gap", "+.3f"))
+    return table
+
+
+@app.command()
+def report(
+    experiment: str = typer.Option(..., "--experiment", "-e", help="MLflow experiment of the sweep."),
+    sweep_id: Optional[str] = typer.Option(None, "--sweep", help="Sweep id (default: the newest sweep)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Report folder (default: reports/<sweep id>)."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI."),
+    no_log: bool = typer.Option(False, "--no-log", help="Do not log the report to the parent run."),
+):
+    """Build a sweep's report (CSV, Markdown, PNG plots) from the MLflow store alone."""
+    from medseg.study.report import build_report, find_sweep
+    from medseg.tracking import Tracker
+
+    uri = _uri(tracking_uri)
+    if output is None:
+        _, parent = find_sweep(Tracker.client_for(uri), experiment, sweep_id)
+        output = Path("reports") / parent.data.tags["medseg.sweep_id"]
+    result = build_report(uri, experiment, output, sweep_id, log_to_parent=not no_log)
+    out.print(_summary_table(result))
+    out.print(f"report: {output}")
+
+
+@app.command()
+def ui(
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="The store to show (default: the one "
+                                               "medseg writes to: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."),
+    port: int = typer.Option(5000, "--port", min=1, max=65535),
+):
+    """Start the MLflow UI on 127.0.0.1 for medseg's tracking store (Ctrl-C stops it)."""
+    import subprocess
+
+    uri = _uri(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        raise MedsegError("this is already a tracking server: open it in a browser", uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise MedsegError("no MLflow store here yet (train or sweep first, or pass --tracking-uri)", uri)
+    console.print(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C stops it)")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    try:
+        raise typer.Exit(subprocess.call(cmd))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
 def main() -> None:
     """Entry point: user errors are printed without a traceback (``--debug`` shows it) and exit 2."""
     try:
         app(standalone_mode=False)
     except MedsegError as e:
+        from medseg.study.sweep import SweepInterrupted
         from medseg.training.run import TrainingInterrupted
-        if isinstance(e, TrainingInterrupted):
+        if isinstance(e, (TrainingInterrupted, SweepInterrupted)):
             console.print(f"[bold yellow]interrupted:[/] {e}")
             sys.exit(130)
         if _state["debug"]:

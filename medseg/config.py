@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from medseg.errors import ConfigError
 
 Triple = tuple[int, int, int]
-NormName = Literal["instance", "group", "batch", "layer"]
+NormName = Literal["instance", "group", "batch", "layer", "none"]
 
 
 class _Strict(BaseModel):
@@ -132,6 +132,8 @@ class ValidationConfig(_Strict):
     hd95: bool = True
     tta: bool = Field(False, description="Mirroring test-time augmentation in the final validation of the best model "
                                          "(as nnU-Net's validation does); per-epoch validation never uses it.")
+    batch_stats: bool = Field(False, description="norm=batch only: also validate with batch statistics instead of "
+                                                 "the running averages, and log the gap (the train/test discrepancy).")
 
 
 class TrackingConfig(_Strict):
@@ -139,6 +141,9 @@ class TrackingConfig(_Strict):
 
     experiment: str = "medseg"
     tracking_uri: str | None = Field(None, description="null = $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
+    run_name: str | None = Field(None, description="MLflow run name; null = dataset_norm_bsN_foldK_time.")
+    parent_run_id: str | None = Field(None, description="Make the run a child of this MLflow run (a sweep sets it).")
+    tags: dict[str, str] = Field(default_factory=dict, description="Extra MLflow tags on the run.")
 
 
 class Config(_Strict):

@@ -8,13 +8,18 @@
 * ``layer``: group norm with one group (Ba et al. 2016).
 * ``batch``: statistics over (N, D, H, W) with running averages for inference (Ioffe & Szegedy 2015);
   SyncBatchNorm under DDP.
+* ``none``: no normalization (identity), a baseline for the normalizer study.
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
 
 from medseg.errors import ConfigError
 
 EPS = 1e-5
-NORMS = ("instance", "group", "layer", "batch")
+NORMS = ("instance", "group", "layer", "batch", "none")
 
 
 def norm_spec(name: str, channels: list[int], num_groups: int = 8) -> tuple[str, dict]:
@@ -28,7 +33,7 @@ def norm_spec(name: str, channels: list[int], num_groups: int = 8) -> tuple[str,
     Raises:
         ConfigError: unknown name, or a channel count not divisible by ``num_groups``.
     """
-    if name == "instance":
+    if name in ("instance", "none"):  # "none": built as instance norm, then replaced by identities (unet.py)
         return ("instance", {"affine": True, "eps": EPS, "track_running_stats": False})
     if name == "batch":
         return ("batch", {"affine": True, "eps": EPS, "momentum": 0.1})
@@ -41,3 +46,24 @@ def norm_spec(name: str, channels: list[int], num_groups: int = 8) -> tuple[str,
                               f"dividing all of them, or change model.filters.", "model.num_groups")
         return ("group", {"num_groups": groups, "eps": EPS, "affine": True})
     raise ConfigError(f"unknown norm {name!r}; choose one of {', '.join(NORMS)}", "model.norm")
+
+
+@contextmanager
+def batch_statistics(network: torch.nn.Module):
+    """Within the block, batch-norm layers in eval mode normalize with the statistics of the batch
+    they see instead of their running averages (and leave the running averages untouched).
+
+    Used to measure batch norm's train/test discrepancy: in eval mode BN uses running means and
+    variances accumulated in training; here it uses those of the current batch, as in training.
+    Other layers are unaffected.
+    """
+    saved = []
+    for m in network.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            saved.append((m, m.running_mean, m.running_var))
+            m.running_mean, m.running_var = None, None  # F.batch_norm then uses batch statistics
+    try:
+        yield len(saved)
+    finally:
+        for m, mean, var in saved:
+            m.running_mean, m.running_var = mean, var

@@ -19,7 +19,7 @@ class NetworkSpec:
         filters: channels per level, e.g. ``[16, 32, 64, 128]``.
         strides: per level (int or per-axis triple); the first is usually 1.
         kernel_size: convolution kernel size (voxels).
-        norm: ``instance | group | layer | batch``.
+        norm: ``instance | group | layer | batch | none``.
         num_groups: groups for ``group``.
         deep_supervision: also output (upsampled) predictions of the lower decoder levels in training.
         res_block: residual blocks instead of plain conv-norm-act pairs.
@@ -58,9 +58,21 @@ def build_unet(spec: NetworkSpec) -> torch.nn.Module:
     norm = norm_spec(spec.norm, list(spec.filters), spec.num_groups)
     n = len(spec.filters)
     kernels = [spec.kernel_size] * n
-    return DynUNet(
+    net = DynUNet(
         spatial_dims=3, in_channels=spec.in_channels, out_channels=spec.out_channels, kernel_size=kernels,
         strides=list(spec.strides), upsample_kernel_size=list(spec.strides)[1:], filters=list(spec.filters),
         norm_name=norm, deep_supervision=spec.deep_supervision, deep_supr_num=spec.deep_supr_num,
         res_block=spec.res_block,
     )
+    if spec.norm == "none":
+        _remove_norms(net)
+    return net
+
+
+def _remove_norms(net: torch.nn.Module) -> None:
+    """Replace every normalization layer by an identity (norm ``none``)."""
+    for name, child in list(net.named_children()):
+        if isinstance(child, torch.nn.modules.instancenorm._InstanceNorm):
+            setattr(net, name, torch.nn.Identity())
+        else:
+            _remove_norms(child)

@@ -27,6 +27,7 @@ from medseg.data.folds import save_split
 from medseg.inference.sliding_window import make_inferer
 from medseg.models import NetworkSpec, build_unet
 from medseg.models.directory import save_model_dir
+from medseg.models.norms import batch_statistics
 from medseg.plan import make_plan
 from medseg.plots import learning_curve, overlay_slices
 from medseg.progress import ProgressFn, silent
@@ -152,9 +153,12 @@ def run_training(cfg: Config, *, resume_dir: Path | None = None, progress: Progr
         run_dir, tracker = resume_dir, Tracker.attach(uri, state["mlflow_run_id"])
         log(f"MLflow run {tracker.run_id} in {tracker.uri} (resumed)")
     else:
-        tags = {"norm": m.norm, "batch_size": cfg.train.batch_size, "fold": cfg.data.fold, "dataset": spec.name}
-        run_name = (f"{_slug(spec.name)}_{m.norm}_bs{cfg.train.batch_size}_fold{cfg.data.fold}_"
-                    f"{time.strftime('%Y%m%d-%H%M%S')}")
+        tags = {"norm": m.norm, "batch_size": cfg.train.batch_size, "fold": cfg.data.fold, "dataset": spec.name,
+                "seed": cfg.seed, **cfg.tracking.tags}
+        if cfg.tracking.parent_run_id:
+            tags["mlflow.parentRunId"] = cfg.tracking.parent_run_id
+        run_name = cfg.tracking.run_name or (f"{_slug(spec.name)}_{m.norm}_bs{cfg.train.batch_size}_fold"
+                                             f"{cfg.data.fold}_{time.strftime('%Y%m%d-%H%M%S')}")
         run_dir = Path(cfg.output_dir).resolve() / run_name
         tracker = Tracker(uri, cfg.tracking.experiment, run_name, {**tags, "medseg.run_dir": str(run_dir)})
         run_dir.mkdir(parents=True, exist_ok=False)
@@ -209,6 +213,17 @@ def _datasets(cfg: Config, plan, train_items, val_items, progress):
     return stream, val
 
 
+def _batch_stats_validation(network, val_volumes, inferer, plan, amp: str, dice_running: float,
+                            tta: bool = False) -> dict[str, float]:
+    """Validate a batch-norm network again with batch statistics (of each sliding-window batch)
+    instead of running averages; returns that Dice and the gap ``batch-stats - running-stats``."""
+    with batch_statistics(network):
+        val = validate(network, val_volumes, inferer, num_classes=plan.num_classes, spacing=plan.target_spacing,
+                       amp=amp, tta=tta)
+    dice = float(np.mean([val["per_class"][k]["dice"] for k in plan.labels if k]))
+    return {"val_dice_mean_batch_stats": dice, "bn_batch_stats_gap": dice - dice_running}
+
+
 class TrainingInterrupted(MedsegError):
     """SIGTERM/SIGINT arrived: a checkpoint was saved and the run can be resumed."""
 
@@ -229,6 +244,7 @@ def _fit(cfg: Config, plan, net_spec, network, device, train_items, val_items, r
     inferer = make_inferer(plan.patch_size, cfg.validation.overlap, cfg.validation.sw_batch_size)
     fg_labels = {k: v for k, v in plan.labels.items() if k}
     ckpt_dir = run_dir / "checkpoints"
+    batch_stats = cfg.validation.batch_stats and net_spec.norm == "batch"
     history: list[dict] = []
     best, best_epoch, start_epoch, start_iteration, epoch_losses = -1.0, -1, 0, 0, []
     if state is not None:
@@ -301,6 +317,8 @@ def _fit(cfg: Config, plan, net_spec, network, device, train_items, val_items, r
                 for k, name in fg_labels.items():
                     row[f"val_dice_{name}"] = val["per_class"][k]["dice"]
                 row["val_dice_mean"] = float(np.mean([val["per_class"][k]["dice"] for k in fg_labels]))
+                if batch_stats:
+                    row.update(_batch_stats_validation(network, val_volumes, inferer, plan, amp, row["val_dice_mean"]))
                 row["validation_seconds"] = time.perf_counter() - v0
                 if row["val_dice_mean"] > best:
                     best, best_epoch = row["val_dice_mean"], epoch
@@ -329,6 +347,10 @@ def _fit(cfg: Config, plan, net_spec, network, device, train_items, val_items, r
     hd = [h for h in val_hd95.values() if math.isfinite(h)]
     if hd:
         summary["best_val_hd95_mean"] = float(np.mean(hd))
+    if batch_stats:
+        gap = _batch_stats_validation(network, val_volumes, inferer, plan, amp, summary["best_val_dice_mean"],
+                                      tta=cfg.validation.tta)
+        summary.update({f"best_{k}": v for k, v in gap.items()})
     tracker.log_metrics(summary, step=best_epoch)
     tracker.set_tags({"best_epoch": best_epoch})
     plots = run_dir / "plots"

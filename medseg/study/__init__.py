@@ -1,0 +1,1 @@
+"""The normalizer study: sweeps over (norm, batch size, seed) and their reports."""

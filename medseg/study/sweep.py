@@ -1,0 +1,309 @@
+"""The normalizer x batch-size study: one training run per (norm, batch size, seed), each a child
+MLflow run under one parent run, with an explicit, logged budget rule.
+
+Budget rules (every child of a sweep has the same fold, patch size, augmentation and network):
+
+* ``samples`` (default): every child sees the same number N of training patches, so a child with
+  batch size b trains ``ceil(N / b)`` iterations.
+* ``iterations``: every child trains the same number of iterations (larger batches see more patches).
+* ``minutes``: every child gets about the same wall-clock time; its iteration count is the budget
+  divided by the seconds per iteration of its (norm, batch size), measured on random patches
+  before the child starts (data loading and validation are not in that estimate).
+
+Learning rate for batch size b, given the config's ``train.lr`` at its ``train.batch_size`` b0:
+``sqrt`` (default): lr * sqrt(b / b0) (Krizhevsky 2014, "One weird trick"; Hoffer et al. 2017);
+``linear``: lr * b / b0 (Goyal et al. 2017); ``none``: lr unchanged.
+
+Each child is a ``medseg train`` subprocess (its own process, so its peak memory is its own and a
+crash cannot take the sweep down). A sweep is identified by a hash of its definition; running the
+same command again skips the children that finished, resumes an unfinished one from its last
+checkpoint, and starts afresh one that left no checkpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+from medseg.config import Config, config_to_yaml, flatten
+from medseg.errors import ConfigError, MedsegError
+from medseg.tracking import Tracker, resolve_tracking_uri
+
+BudgetKind = Literal["samples", "iterations", "minutes"]
+LR_RULES = ("sqrt", "linear", "none")
+Log = Callable[[str], None]
+
+
+class SweepInterrupted(MedsegError):
+    """The sweep was interrupted; running the same command again continues it."""
+
+
+@dataclass(frozen=True)
+class Child:
+    """One cell of the sweep."""
+
+    norm: str
+    batch_size: int
+    seed: int
+
+    @property
+    def key(self) -> str:
+        """``instance_bs2_seed0``: the child's MLflow run name and ``medseg.sweep_key`` tag."""
+        return f"{self.norm}_bs{self.batch_size}_seed{self.seed}"
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """What a sweep varies and how it budgets.
+
+    Attributes:
+        norms: e.g. ``("instance", "group", "batch")``.
+        batch_sizes: e.g. ``(1, 2, 4)``.
+        seeds: e.g. ``(0, 1)``.
+        budget: ``samples`` | ``iterations`` | ``minutes``.
+        budget_value: patches, iterations, or minutes per child.
+        lr_rule: see :data:`LR_RULES`.
+        evaluations: validation points per child (the learning curve's resolution).
+    """
+
+    norms: tuple[str, ...]
+    batch_sizes: tuple[int, ...]
+    seeds: tuple[int, ...]
+    budget: BudgetKind
+    budget_value: float
+    lr_rule: str = "sqrt"
+    evaluations: int = 5
+
+    def __post_init__(self):
+        from medseg.models.norms import NORMS
+        bad = [n for n in self.norms if n not in NORMS]
+        if bad or not self.norms:
+            raise ConfigError(f"unknown norm(s) {bad}; choose from {', '.join(NORMS)}", "--norms")
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise ConfigError("batch sizes must be integers >= 1", "--batch-sizes")
+        if not self.seeds:
+            raise ConfigError("at least one seed is needed", "--seeds")
+        if self.budget not in ("samples", "iterations", "minutes") or not self.budget_value > 0:
+            raise ConfigError(f"the budget must be a positive number of samples, iterations or minutes "
+                              f"(got {self.budget}={self.budget_value})", "--budget-*")
+        if self.lr_rule not in LR_RULES:
+            raise ConfigError(f"unknown learning-rate rule {self.lr_rule!r}; choose from {', '.join(LR_RULES)}",
+                              "--lr-rule")
+        if self.evaluations < 1:
+            raise ConfigError("--evaluations must be >= 1", "--evaluations")
+
+    def children(self) -> list[Child]:
+        """All cells, batch size outermost then norm then seed (so partial sweeps compare norms early)."""
+        return [Child(n, b, s) for b in self.batch_sizes for n in self.norms for s in self.seeds]
+
+    def to_dict(self) -> dict:
+        return {"norms": list(self.norms), "batch_sizes": list(self.batch_sizes), "seeds": list(self.seeds),
+                "budget": self.budget, "budget_value": self.budget_value, "lr_rule": self.lr_rule,
+                "evaluations": self.evaluations}
+
+
+def scaled_lr(lr: float, base_batch_size: int, batch_size: int, rule: str) -> float:
+    """The learning rate for ``batch_size`` under ``rule`` given ``lr`` at ``base_batch_size``."""
+    if rule == "sqrt":
+        return lr * math.sqrt(batch_size / base_batch_size)
+    if rule == "linear":
+        return lr * batch_size / base_batch_size
+    return lr
+
+
+def child_iterations(spec: SweepSpec, batch_size: int, seconds_per_iteration: float | None = None) -> int:
+    """Training iterations of a child with ``batch_size`` under the sweep's budget rule.
+
+    Raises:
+        ValueError: a minutes budget without a measured ``seconds_per_iteration``.
+    """
+    if spec.budget == "samples":
+        return max(1, math.ceil(spec.budget_value / batch_size))
+    if spec.budget == "iterations":
+        return max(1, int(spec.budget_value))
+    if seconds_per_iteration is None:
+        raise ValueError("a minutes budget needs the measured seconds per iteration")
+    return max(1, int(spec.budget_value * 60 / seconds_per_iteration))
+
+
+def child_config(base: Config, child: Child, *, iterations: int, spec: SweepSpec, sweep_id: str,
+                 parent_run_id: str, output_dir: Path) -> Config:
+    """The base config with the child's norm, batch size, seed, learning rate and iteration count.
+
+    The iterations are split into ``spec.evaluations`` epochs (validated after each), rounded up to
+    whole epochs; per-epoch validation also measures batch norm with batch statistics.
+    """
+    doc = base.model_dump(mode="json")
+    epochs = min(spec.evaluations, iterations)
+    doc["seed"] = child.seed
+    doc["output_dir"] = str(output_dir)
+    doc["model"]["norm"] = child.norm
+    doc["train"].update(batch_size=child.batch_size, epochs=epochs, iterations_per_epoch=math.ceil(iterations / epochs),
+                        lr=scaled_lr(base.train.lr, base.train.batch_size, child.batch_size, spec.lr_rule),
+                        warmup_epochs=0)
+    doc["validation"].update(every_n_epochs=1, batch_stats=True, tta=False)
+    doc["tracking"].update(run_name=child.key, parent_run_id=parent_run_id, tags={
+        "medseg.sweep_id": sweep_id, "medseg.role": "child", "medseg.sweep_key": child.key,
+        "sweep.budget": spec.budget, "sweep.lr_rule": spec.lr_rule})
+    return Config.model_validate(doc)
+
+
+def sweep_id_for(base: Config, spec: SweepSpec) -> str:
+    """A short hash of the sweep's definition: the same command gives the same id (and continues)."""
+    doc = base.model_dump(mode="json")
+    doc["data"]["root"] = str(Path(doc["data"]["root"]).resolve()) if doc["data"]["root"] else None
+    doc.pop("output_dir")
+    text = json.dumps({"config": doc, "sweep": spec.to_dict()}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def _find_runs(tracker_client, experiment_id: str, sweep_id: str, role: str) -> list:
+    runs = tracker_client.search_runs(
+        [experiment_id], f"tags.`medseg.sweep_id` = '{sweep_id}' and tags.`medseg.role` = '{role}'",
+        max_results=5000)
+    return [r for r in runs if r.data.tags.get("medseg.superseded") != "true"]
+
+
+def _parent(base: Config, spec: SweepSpec, sweep_id: str, uri: str, log: Log) -> Tracker:
+    client = Tracker.client_for(uri)
+    exp = client.get_experiment_by_name(base.tracking.experiment)
+    existing = _find_runs(client, exp.experiment_id, sweep_id, "parent") if exp else []
+    if existing:
+        log(f"continuing sweep {sweep_id} (MLflow parent run {existing[0].info.run_id})")
+        return Tracker.attach(uri, existing[0].info.run_id)
+    tracker = Tracker(uri, base.tracking.experiment, f"sweep_{sweep_id}",
+                      {"medseg.sweep_id": sweep_id, "medseg.role": "parent"})
+    params = {f"sweep.{k}": ",".join(map(str, v)) if isinstance(v, list) else v for k, v in spec.to_dict().items()}
+    params["sweep.rule"] = {
+        "samples": f"every run sees {spec.budget_value:g} training patches: iterations = ceil(samples / batch size)",
+        "iterations": f"every run trains {spec.budget_value:g} iterations",
+        "minutes": f"every run trains ~{spec.budget_value:g} min: iterations = minutes * 60 / measured s/it",
+    }[spec.budget] + f"; lr = train.lr * {'sqrt(b / b0)' if spec.lr_rule == 'sqrt' else 'b / b0' if spec.lr_rule == 'linear' else '1'}"
+    tracker.log_params({**params, **{f"base.{k}": v for k, v in flatten(base).items()}})
+    log(f"sweep {sweep_id}: MLflow parent run {tracker.run_id} in experiment {base.tracking.experiment!r}")
+    return tracker
+
+
+def _measure_seconds_per_iteration(base: Config, child: Child, cache: dict) -> float:
+    from medseg.data import read_dataset
+    from medseg.models import NetworkSpec, build_unet
+    from medseg.training.timing import time_training_step
+
+    key = (child.norm, child.batch_size)
+    if key not in cache:
+        ds = read_dataset(base.data.root)
+        m = base.model
+        net = build_unet(NetworkSpec(len(ds.modality), ds.num_classes, list(m.filters), list(m.strides),
+                                     m.kernel_size, child.norm, m.num_groups, m.deep_supervision, m.res_block))
+        if base.sampling.patch_size is None:
+            raise ConfigError("a minutes budget needs sampling.patch_size in the config", "sampling.patch_size")
+        cache[key] = time_training_step(net, base.sampling.patch_size, child.batch_size, len(ds.modality),
+                                        ds.num_classes, steps=3, warmup=1)
+    return cache[key]
+
+
+def run_sweep(base: Config, spec: SweepSpec, *, sweep_dir: Path | None = None, sweep_id: str | None = None,
+              log: Log = lambda s: None, python: str = sys.executable) -> tuple[str, str, dict[str, str]]:
+    """Run (or continue) a sweep: one ``medseg train`` subprocess per unfinished child.
+
+    Args:
+        base: validated config with ``data.root`` set; its fold, patch, augmentation and network apply
+            to every child; ``train.lr`` is the learning rate at ``train.batch_size``.
+        sweep_dir: where child configs and run folders go (default ``output_dir/sweeps/<sweep_id>``).
+        sweep_id: default :func:`sweep_id_for`.
+
+    Returns:
+        (sweep id, parent run id, ``{child key: "finished" | "skipped" | "failed (exit N)"}``).
+
+    Raises:
+        ConfigError: no dataset, or a bad sweep definition.
+        SweepInterrupted: SIGINT/SIGTERM; the running child checkpointed; rerun to continue.
+        MedsegError: the tracking store cannot be reached.
+    """
+    if base.data.root is None:
+        raise ConfigError("no dataset: set data.root in the config or pass --data DIR", "data.root")
+    from medseg.data import read_dataset
+    read_dataset(base.data.root)  # bad data fails here, once, not in every child
+    doc = base.model_dump(mode="json")
+    doc["tracking"]["tracking_uri"] = resolve_tracking_uri(base.tracking.tracking_uri)
+    base = Config.model_validate(doc)
+    sweep_id = sweep_id or sweep_id_for(base, spec)
+    sweep_dir = Path(sweep_dir or Path(base.output_dir) / "sweeps" / sweep_id).resolve()
+    (sweep_dir / "configs").mkdir(parents=True, exist_ok=True)
+    uri = base.tracking.tracking_uri
+    parent = _parent(base, spec, sweep_id, uri, log)
+    (sweep_dir / "sweep.json").write_text(json.dumps({"sweep_id": sweep_id, "parent_run_id": parent.run_id,
+                                                     "tracking_uri": uri, "experiment": base.tracking.experiment,
+                                                     **spec.to_dict()}, indent=1))
+    client, status, timings = parent.client, {}, {}
+    children = spec.children()
+    stop = {"signal": None, "proc": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signal.Signals(signum).name
+        if stop["proc"] is not None and stop["proc"].poll() is None:
+            stop["proc"].send_signal(signal.SIGTERM)  # the child checkpoints and exits
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for i, child in enumerate(children, 1):
+            if stop["signal"]:
+                break
+            runs = [r for r in _find_runs(client, parent.experiment_id, sweep_id, "child")
+                    if r.data.tags.get("medseg.sweep_key") == child.key]
+            if any(r.info.status == "FINISHED" for r in runs):
+                status[child.key] = "skipped"
+                log(f"[{i}/{len(children)}] {child.key}: finished before, skipped")
+                continue
+            resumable = [r for r in runs if (Path(r.data.tags.get("medseg.run_dir", "/nonexistent"))
+                                             / "checkpoints" / "last.pt").is_file()]
+            for r in runs:  # runs that cannot be continued are left out of the sweep's results
+                if r not in resumable[:1]:
+                    client.set_tag(r.info.run_id, "medseg.superseded", "true")
+                    if r.info.status == "RUNNING":
+                        client.set_terminated(r.info.run_id, "KILLED")
+            if resumable:
+                run_dir = resumable[0].data.tags["medseg.run_dir"]
+                cmd = [python, "-m", "medseg", "train", "--quiet", "--resume", run_dir,
+                       "--tracking-uri", uri]
+                log(f"[{i}/{len(children)}] {child.key}: resuming {resumable[0].info.run_id}")
+            else:
+                seconds = None
+                if spec.budget == "minutes":
+                    seconds = _measure_seconds_per_iteration(base, child, timings)
+                iterations = child_iterations(spec, child.batch_size, seconds)
+                cfg = child_config(base, child, iterations=iterations, spec=spec, sweep_id=sweep_id,
+                                   parent_run_id=parent.run_id, output_dir=sweep_dir / "runs")
+                path = sweep_dir / "configs" / f"{child.key}.yaml"
+                path.write_text(config_to_yaml(cfg))
+                cmd = [python, "-m", "medseg", "train", "--quiet", "--config", str(path)]
+                log(f"[{i}/{len(children)}] {child.key}: {cfg.train.epochs * cfg.train.iterations_per_epoch} "
+                    f"iterations at batch size {child.batch_size}, lr {cfg.train.lr:.3g}"
+                    + (f" (measured {seconds:.3f} s/it)" if seconds else ""))
+            start = time.perf_counter()
+            stop["proc"] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, start_new_session=True)
+            code = stop["proc"].wait()
+            stop["proc"] = None
+            if stop["signal"] or code == 130:
+                stop["signal"] = stop["signal"] or "SIGINT"
+                break
+            status[child.key] = "finished" if code == 0 else f"failed (exit {code})"
+            log(f"[{i}/{len(children)}] {child.key}: {status[child.key]} in {time.perf_counter() - start:.0f} s")
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if stop["signal"]:
+        parent.end("KILLED")
+        raise SweepInterrupted(f"{stop['signal']} received; the running child saved a checkpoint. Run the same "
+                               f"command again to continue sweep {sweep_id}", sweep_dir)
+    failed = [k for k, v in status.items() if v.startswith("failed")]
+    parent.set_tags({"medseg.failed_children": ",".join(failed) or "none"})
+    parent.end("FINISHED")
+    return sweep_id, parent.run_id, status

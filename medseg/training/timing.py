@@ -1,0 +1,51 @@
+"""Time the training step alone (forward, Dice+CE loss, backward, SGD step) on random patches.
+
+Used to turn a wall-clock budget into an iteration count (``medseg sweep --budget-minutes``) and by
+the training benchmark. No data loading is timed: see ``benchmarks/data_pipeline.py`` for that.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from monai.losses import DiceCELoss
+
+from medseg.training.loop import deep_supervision_loss
+
+
+def time_training_step(network: torch.nn.Module, patch_size: tuple[int, int, int], batch_size: int, in_channels: int,
+                       out_channels: int, *, steps: int = 5, warmup: int = 2, device: str | torch.device = "cpu",
+                       lr: float = 0.01) -> float:
+    """Mean seconds per training iteration of ``network`` on random (N, C, D, H, W) patches.
+
+    Args:
+        patch_size: (D, H, W) in voxels.
+        batch_size: N.
+        steps: timed iterations, after ``warmup`` untimed ones.
+
+    Returns:
+        seconds per iteration (wall time; CUDA is synchronized before reading the clock).
+    """
+    device = torch.device(device)
+    network = network.to(device).train()
+    gen = torch.Generator().manual_seed(0)
+    image = torch.randn((batch_size, in_channels, *patch_size), generator=gen).to(device)
+    label = torch.randint(0, out_channels, (batch_size, 1, *patch_size), generator=gen).to(device)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    optimizer = torch.optim.SGD(network.parameters(), lr=lr, momentum=0.99, nesterov=True)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        deep_supervision_loss(loss_fn, network(image), label).backward()
+        optimizer.step()
+
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / steps
