@@ -4,6 +4,7 @@ from monai.losses import DiceCELoss
 
 from medseg.errors import ConfigError
 from medseg.models import NORMS, NetworkSpec, build_unet
+from medseg.models.norms import batch_statistics
 from medseg.training.loop import deep_supervision_loss
 
 SMALL = dict(filters=[8, 16, 32], strides=[1, 2, 2])
@@ -37,9 +38,12 @@ def test_batch_norm_in_training_mode_depends_on_the_batch():
 @pytest.mark.parametrize("norm", NORMS)
 def test_each_norm_builds_and_trains_a_step(norm):
     net = _net(norm).train()
-    kind = {"instance": torch.nn.InstanceNorm3d, "batch": torch.nn.BatchNorm3d,
-            "group": torch.nn.GroupNorm, "layer": torch.nn.GroupNorm}[norm]
-    assert any(isinstance(m, kind) for m in net.modules())
+    kinds = {"instance": torch.nn.InstanceNorm3d, "batch": torch.nn.BatchNorm3d,
+             "group": torch.nn.GroupNorm, "layer": torch.nn.GroupNorm}
+    if norm == "none":
+        assert not any(isinstance(m, tuple(kinds.values())) for m in net.modules())
+    else:
+        assert any(isinstance(m, kinds[norm]) for m in net.modules())
     opt = torch.optim.SGD(net.parameters(), lr=0.05)
     x = torch.randn(2, 1, 16, 16, 16)
     y = (x > 0.5).long() + (x > 1.2).long()
@@ -72,3 +76,27 @@ def test_deep_supervision_output_and_loss():
     assert torch.isfinite(loss)
     net.eval()
     assert net(torch.randn(1, 1, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
+
+
+def test_batch_statistics_uses_the_batch_and_keeps_running_averages():
+    net = _net("batch").train()
+    x = torch.randn(3, 1, 16, 16, 16) * 2 + 1
+    with torch.no_grad():
+        net(x)  # move the running averages away from their initial values
+        net.eval()
+        bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+        saved = [(m.running_mean.clone(), m.running_var.clone()) for m in bns]
+        running = net(x)
+        with batch_statistics(net) as n:
+            batch = net(x)
+        assert n == len(bns) > 0
+        assert not torch.allclose(running, batch, atol=1e-3)
+        net.train()
+        momentum = [m.momentum for m in bns]
+        for m in bns:
+            m.momentum = 0.0  # train mode without moving the averages: batch statistics, as in training
+        assert torch.allclose(batch, net(x), atol=1e-5)
+        for m, mo in zip(bns, momentum):
+            m.momentum = mo
+    for m, (mean, var) in zip(bns, saved):
+        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)

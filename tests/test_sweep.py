@@ -1,0 +1,136 @@
+"""The normalizer x batch-size sweep: parent/child MLflow runs, budget rules, restarts, the report."""
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from conftest import ROOT, SAMPLE
+from medseg.cli import app
+from medseg.errors import ConfigError
+from medseg.study.report import build_report
+from medseg.study.sweep import SweepSpec, child_iterations, scaled_lr
+
+EXPERIMENT = "sweep-test"
+
+
+def _sweep_args(work, uri):
+    return ["sweep", "--config", str(ROOT / "configs/demo.yaml"), "--data", str(SAMPLE), "--norms", "instance,batch",
+            "--batch-sizes", "1,2", "--seeds", "1", "--budget-samples", "6", "--evaluations", "2",
+            "--experiment", EXPERIMENT, "--tracking-uri", uri, "--sweep-id", "s1",
+            "--set", f"output_dir={work / 'runs'}", "--set", f"data.cache_dir={work / 'cache'}",
+            "--set", "validation.hd95=false"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    work = tmp_path_factory.mktemp("sweep")
+    uri = f"sqlite:///{work / 'store.db'}"
+    result = CliRunner().invoke(app, _sweep_args(work, uri))
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    return {"work": work, "uri": uri, "client": client, "exp": exp.experiment_id, "output": result.output}
+
+
+def _runs(sweep, role):
+    return sweep["client"].search_runs([sweep["exp"]], f"tags.`medseg.role` = '{role}'")
+
+
+def test_one_parent_and_a_child_per_cell_with_tags_params_metrics(sweep):
+    (parent,) = _runs(sweep, "parent")
+    children = _runs(sweep, "child")
+    assert parent.info.status == "FINISHED" and parent.data.params["sweep.budget"] == "samples"
+    assert "ceil(samples / batch size)" in parent.data.params["sweep.rule"]
+    cells = {(c.data.tags["norm"], c.data.tags["batch_size"], c.data.tags["seed"]) for c in children}
+    assert cells == {("instance", "1", "0"), ("instance", "2", "0"), ("batch", "1", "0"), ("batch", "2", "0")}
+    for c in children:
+        t, p, m = c.data.tags, c.data.params, c.data.metrics
+        assert c.info.status == "FINISHED"
+        assert t["mlflow.parentRunId"] == parent.info.run_id and t["medseg.sweep_id"] == "s1"
+        bs = int(p["train.batch_size"])
+        assert p["model.norm"] == t["norm"]
+        # same samples for every run (6 patches): 6 iterations at batch 1, 3 at batch 2 (2 epochs, rounded up)
+        assert int(p["train.epochs"]) * int(p["train.iterations_per_epoch"]) == {1: 6, 2: 4}[bs]
+        assert math.isclose(float(p["train.lr"]), 0.01 * math.sqrt(bs / 2))  # demo.yaml: lr 0.01 at batch 2
+        for key in ("best_val_dice_mean", "seconds_per_iteration", "patches_per_second", "peak_memory_mb",
+                    "train_loss", "best_val_dice_Anterior", "best_val_dice_Posterior"):
+            assert key in m and math.isfinite(m[key]), key
+        assert 0 <= m["best_val_dice_mean"] <= 1 and m["peak_memory_mb"] > 100
+        assert ("best_bn_batch_stats_gap" in m) == (t["norm"] == "batch")
+        hist = sweep["client"].get_metric_history(c.info.run_id, "val_dice_mean")
+        assert sorted(h.step for h in hist) == [0, 1]
+
+
+def test_the_report_is_built_from_the_store_alone(sweep, tmp_path):
+    runs = sweep["work"] / "runs" / "sweeps" / "s1" / "runs"
+    runs.rename(runs.with_name("away"))  # no local run folder can be read
+    try:
+        rep = build_report(sweep["uri"], EXPERIMENT, tmp_path / "report", log_to_parent=False)
+    finally:
+        runs.with_name("away").rename(runs)
+    names = {p.name for p in (tmp_path / "report").iterdir()}
+    assert {"runs.csv", "summary.csv", "summary.md", "dice_vs_batch_size.png", "learning_curves.png",
+            "speed_memory.png"} <= names
+    rows = list(csv.DictReader((tmp_path / "report" / "summary.csv").open()))
+    assert {(r["norm"], r["batch_size"]) for r in rows} == {("instance", "1"), ("instance", "2"), ("batch", "1"),
+                                                           ("batch", "2")}
+    client = sweep["client"]
+    for s in rep["summary"]:  # the table's numbers are the store's numbers
+        (run,) = [r for r in _runs(sweep, "child") if r.data.tags["norm"] == s["norm"]
+                  and int(r.data.tags["batch_size"]) == s["batch_size"]]
+        assert math.isclose(s["dice_mean_mean"], run.data.metrics["best_val_dice_mean"])
+    md = (tmp_path / "report" / "summary.md").read_text()
+    assert "| batch | 2 | 1 |" in md and "BN batch-stats gap" in md
+    (parent,) = _runs(sweep, "parent")
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert "report/summary.md" in logged  # the sweep command logged its report to the parent run
+
+
+def test_a_restart_skips_finished_runs_and_resumes_or_restarts_unfinished_ones(sweep):
+    client, before = sweep["client"], {r.info.run_id for r in _runs(sweep, "child")}
+    by_key = {r.data.tags["medseg.sweep_key"]: r for r in _runs(sweep, "child")}
+    # interrupted after its last checkpoint (status left RUNNING, as after SIGKILL): to be resumed
+    resumable = by_key["batch_bs2_seed0"]
+    client.set_terminated(resumable.info.run_id, "RUNNING")
+    # run folder gone: nothing to resume from, to be started afresh (the old run set aside)
+    lost = by_key["instance_bs1_seed0"]
+    client.set_terminated(lost.info.run_id, "KILLED")
+    shutil.rmtree(lost.data.tags["medseg.run_dir"])
+    result = CliRunner().invoke(app, _sweep_args(sweep["work"], sweep["uri"]))
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert result.output.count("finished before, skipped") == 2
+    after = _runs(sweep, "child")
+    assert client.get_run(resumable.info.run_id).info.status == "FINISHED"
+    assert client.get_run(lost.info.run_id).data.tags["medseg.superseded"] == "true"
+    new = {r.info.run_id for r in after} - before
+    assert len(new) == 1
+    (fresh,) = [r for r in after if r.info.run_id in new]
+    assert fresh.data.tags["medseg.sweep_key"] == "instance_bs1_seed0" and fresh.info.status == "FINISHED"
+    assert len(_runs(sweep, "parent")) == 1
+
+
+def test_budget_and_learning_rate_rules():
+    spec = SweepSpec(("instance",), (1, 3), (0,), "samples", 10)
+    assert [child_iterations(spec, b) for b in (1, 3)] == [10, 4]
+    assert child_iterations(SweepSpec(("instance",), (1,), (0,), "iterations", 7), 4) == 7
+    minutes = SweepSpec(("instance",), (1,), (0,), "minutes", 2)
+    assert child_iterations(minutes, 2, seconds_per_iteration=0.5) == 240
+    with pytest.raises(ValueError):
+        child_iterations(minutes, 2)
+    assert scaled_lr(0.01, 2, 4, "linear") == 0.02 and scaled_lr(0.01, 2, 8, "sqrt") == 0.02
+    assert scaled_lr(0.01, 2, 4, "none") == 0.01
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    (dict(norms=("instance", "bogus")), "--norms"), (dict(batch_sizes=(0,)), "--batch-sizes"),
+    (dict(lr_rule="cubic"), "--lr-rule"), (dict(budget_value=0), "--budget"), (dict(seeds=()), "--seeds")])
+def test_bad_sweep_definitions_are_errors(kwargs, word):
+    base = dict(norms=("instance",), batch_sizes=(1,), seeds=(0,), budget="samples", budget_value=4)
+    with pytest.raises(ConfigError) as e:
+        SweepSpec(**{**base, **kwargs})
+    assert word in str(e.value)
