@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 SAMPLE  = data/sample/Task04_Hippocampus
 DEMO_OUT = runs/demo
 
-.PHONY: install demo test bench clean
+.PHONY: install browser demo test bench clean
 
 # torch first (a local CPU build here; an existing CUDA build in the venv is kept), then medseg,
 # whose `torch>=2.2` requirement the installed torch satisfies, so pip never replaces it.
@@ -26,7 +26,13 @@ demo: install
 	$(BIN)/medseg evaluate --model "$$(ls -td $(DEMO_OUT)/*/model | head -1)" --data $(SAMPLE) --fold-only \
 		--output $(DEMO_OUT)/evaluation.csv
 
-test: install
+# The dashboard test drives Debian's Chromium with Playwright (Playwright's own browser download
+# is not used); install it when missing (root or sudo).
+browser:
+	@test -x /usr/bin/chromium || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+test: install browser
 	$(BIN)/python -m pytest -q tests
 
 # Inference speed: medseg vs a plain MONAI sliding-window loop in the same process.
