@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -40,15 +40,15 @@ def _fmt(x: float) -> str:
 
 @app.command()
 def train(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/); "
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config (see configs/); "
                                           "with --resume, the run's own config.yaml is used."),
-    data: Optional[Path] = typer.Option(None, "--data", "-d", help="MSD-layout dataset folder (overrides data.root)."),
-    resume: Optional[str] = typer.Option(None, "--resume", help="Continue a run from its last checkpoint, in the "
+    data: Path | None = typer.Option(None, "--data", "-d", help="MSD-layout dataset folder (overrides data.root)."),
+    resume: str | None = typer.Option(None, "--resume", help="Continue a run from its last checkpoint, in the "
                                          "same MLflow run: a run folder or an MLflow run id."),
-    fold: Optional[int] = typer.Option(None, "--fold", help="Validation fold (overrides data.fold)."),
+    fold: int | None = typer.Option(None, "--fold", help="Validation fold (overrides data.fold)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config value: section.key=value (repeatable)."),
-    experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment name."),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI "
+    experiment: str | None = typer.Option(None, "--experiment", help="MLflow experiment name."),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI "
                                                "(default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."),
     deterministic: bool = typer.Option(False, "--deterministic", help="Deterministic algorithms: identical results "
                                        "for the same config and seed on CPU (sets train.deterministic)."),
@@ -82,6 +82,8 @@ def train(
     cfg = load_config(config, overrides)
     result = run_training(cfg, resume_dir=resume_dir, progress=silent if quiet else rich_progress,
                           log=(lambda s: None) if quiet else console.print)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun, rank 0 reports
     table = Table(title=f"Validation, fold {cfg.data.fold} (best epoch {result.best_epoch + 1})")
     table.add_column("label"), table.add_column("Dice"), table.add_column("HD95 (mm)")
     for name, d in result.val_dice.items():
@@ -102,8 +104,8 @@ def evaluate(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Score a model on labelled cases in their original geometry: per-case CSV and a summary table."""
-    from medseg.data import read_dataset
     from medseg.atomic import write_csv
+    from medseg.data import read_dataset
     from medseg.inference.evaluate import evaluate_cases
     from medseg.inference.predictor import Predictor
     from medseg.models.directory import load_model_dir
@@ -158,7 +160,7 @@ def predict(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (AMP bf16 on cuda)."),
     save_probabilities: bool = typer.Option(False, "--save-probabilities", help="Also write <case>_probabilities.npz (float16)."),
     largest_component: bool = typer.Option(False, "--largest-component", help="Keep the largest connected component per label."),
-    series_uid: Optional[str] = typer.Option(None, "--series-uid", help="Series to use in DICOM folders with several."),
+    series_uid: str | None = typer.Option(None, "--series-uid", help="Series to use in DICOM folders with several."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (default: skip them)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -192,7 +194,7 @@ def predict(
 def convert(
     input: Path = typer.Option(..., "--input", "-i", help="DICOM series folder."),
     output: Path = typer.Option(..., "--output", "-o", help="NIfTI file to write (.nii.gz)."),
-    series_uid: Optional[str] = typer.Option(None, "--series-uid", help="Series to convert when the folder holds several."),
+    series_uid: str | None = typer.Option(None, "--series-uid", help="Series to convert when the folder holds several."),
 ):
     """Convert a DICOM series to NIfTI (SimpleITK ImageSeriesReader); lists the series found."""
     from medseg.data.dicom import dicom_to_nifti, find_series
@@ -216,26 +218,26 @@ def _csv(text: str, cast, option: str) -> tuple:
 def sweep(
     config: Path = typer.Option(..., "--config", "-c", help="Base YAML config: fold, patch, augmentation, network "
                                 "and train.lr at train.batch_size apply to every run."),
-    data: Optional[Path] = typer.Option(None, "--data", "-d", help="MSD-layout dataset folder (overrides data.root)."),
+    data: Path | None = typer.Option(None, "--data", "-d", help="MSD-layout dataset folder (overrides data.root)."),
     norms: str = typer.Option("instance,group,batch", "--norms", help="Comma-separated: instance, group, layer, "
                               "batch, none."),
     batch_sizes: str = typer.Option("1,2,3,4", "--batch-sizes", help="Comma-separated batch sizes."),
     seeds: int = typer.Option(2, "--seeds", min=1, help="Seeds per cell (0..N-1)."),
-    budget_samples: Optional[int] = typer.Option(None, "--budget-samples", min=1, help="Training patches per run "
+    budget_samples: int | None = typer.Option(None, "--budget-samples", min=1, help="Training patches per run "
                                                  "(the default rule; default: the config's epochs x iterations x "
                                                  "batch size)."),
-    budget_iterations: Optional[int] = typer.Option(None, "--budget-iterations", min=1, help="Iterations per run."),
-    budget_minutes: Optional[float] = typer.Option(None, "--budget-minutes", min=0.01, help="Training minutes per "
+    budget_iterations: int | None = typer.Option(None, "--budget-iterations", min=1, help="Iterations per run."),
+    budget_minutes: float | None = typer.Option(None, "--budget-minutes", min=0.01, help="Training minutes per "
                                                    "run (iterations from a measured s/it)."),
     lr_rule: str = typer.Option("sqrt", "--lr-rule", help="Learning rate vs batch size: sqrt, linear or none."),
     evaluations: int = typer.Option(5, "--evaluations", min=1, help="Validations per run (learning-curve points)."),
-    fold: Optional[int] = typer.Option(None, "--fold", help="Validation fold (overrides data.fold)."),
+    fold: int | None = typer.Option(None, "--fold", help="Validation fold (overrides data.fold)."),
     set_: list[str] = typer.Option([], "--set", help="Override a base config value: section.key=value."),
-    experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment name."),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI."),
-    sweep_id: Optional[str] = typer.Option(None, "--sweep-id", help="Name the sweep (default: a hash of its "
+    experiment: str | None = typer.Option(None, "--experiment", help="MLflow experiment name."),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI."),
+    sweep_id: str | None = typer.Option(None, "--sweep-id", help="Name the sweep (default: a hash of its "
                                            "definition, so rerunning the same command continues it)."),
-    report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="Report folder (default: "
+    report_dir: Path | None = typer.Option(None, "--report-dir", help="Report folder (default: "
                                               "<output_dir>/sweeps/<id>/report)."),
 ):
     """Train one model per (norm, batch size, seed) as child MLflow runs of one parent run, then report.
@@ -271,7 +273,7 @@ def sweep(
         raise typer.Exit(1)
 
 
-def _uri(uri: Optional[str]) -> str:
+def _uri(uri: str | None) -> str:
     from medseg.tracking import resolve_tracking_uri
     return resolve_tracking_uri(uri)
 
@@ -292,9 +294,9 @@ def _summary_table(report: dict) -> Table:
 @app.command()
 def report(
     experiment: str = typer.Option(..., "--experiment", "-e", help="MLflow experiment of the sweep."),
-    sweep_id: Optional[str] = typer.Option(None, "--sweep", help="Sweep id (default: the newest sweep)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Report folder (default: reports/<sweep id>)."),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI."),
+    sweep_id: str | None = typer.Option(None, "--sweep", help="Sweep id (default: the newest sweep)."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Report folder (default: reports/<sweep id>)."),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI."),
     no_log: bool = typer.Option(False, "--no-log", help="Do not log the report to the parent run."),
 ):
     """Build a sweep's report (CSV, Markdown, PNG plots) from the MLflow store alone."""
@@ -312,7 +314,7 @@ def report(
 
 @app.command()
 def ui(
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="The store to show (default: the one "
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="The store to show (default: the one "
                                                "medseg writes to: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."),
     port: int = typer.Option(5000, "--port", min=1, max=65535),
 ):

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from medseg.errors import ConfigError
 
@@ -119,6 +126,8 @@ class TrainConfig(_Strict):
     deterministic: bool = False
     channels_last: bool = Field(False, description="channels_last_3d memory format (faster convolutions on CPU oneDNN "
                                                    "and on GPU tensor cores).")
+    sync_bn: bool = Field(True, description="Under DDP (torchrun), norm=batch uses SyncBatchNorm: statistics over "
+                                            "the global batch; false keeps per-GPU batch norm.")
     checkpoint_every_iterations: int | None = Field(
         None, ge=1, description="Also checkpoint every N iterations (a checkpoint is always written each epoch).")
 

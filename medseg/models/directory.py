@@ -118,8 +118,8 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
     if expected is None:
         raise ModelError(f"model metadata has no checksum for {WEIGHTS_FILE}", path / META_FILE)
     if sha256(path / WEIGHTS_FILE) != expected:
-        raise ModelError(f"checksum mismatch: the file is not the one this model directory was exported with "
-                         f"(damaged or replaced)", path / WEIGHTS_FILE)
+        raise ModelError("checksum mismatch: the file is not the one this model directory was exported with "
+                         "(damaged or replaced)", path / WEIGHTS_FILE)
     network = build_unet(spec)
     try:
         state = load_checkpoint(path / WEIGHTS_FILE)

@@ -20,12 +20,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from medseg.atomic import atomic_write_text, write_csv  # noqa: E402
-from medseg.errors import MedsegError  # noqa: E402
-from medseg.tracking import Tracker  # noqa: E402
+from medseg.atomic import atomic_write_text, write_csv
+from medseg.errors import MedsegError
+from medseg.tracking import Tracker
 
 SUMMARY_METRICS = ("dice_mean", "hd95_mean", "seconds_per_iteration", "patches_per_second", "peak_memory_mb",
                    "final_train_loss", "bn_batch_stats_gap", "dice_mean_batch_stats")

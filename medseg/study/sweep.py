@@ -28,9 +28,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 from medseg.config import Config, config_to_yaml, flatten
 from medseg.errors import ConfigError, MedsegError

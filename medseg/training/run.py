@@ -9,9 +9,9 @@ import resource
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -24,6 +24,8 @@ from medseg import transforms as mt
 from medseg.config import Config, config_to_yaml, flatten
 from medseg.data import kfold_splits, load_or_compute_fingerprint, read_dataset
 from medseg.data.folds import save_split
+from medseg.errors import ConfigError, MedsegError
+from medseg.evaluation import summarize
 from medseg.inference.sliding_window import make_inferer
 from medseg.models import NetworkSpec, build_unet
 from medseg.models.directory import save_model_dir
@@ -32,11 +34,11 @@ from medseg.plan import make_plan
 from medseg.plots import learning_curve, overlay_slices
 from medseg.progress import ProgressFn, silent
 from medseg.tracking import Tracker, resolve_tracking_uri
+from medseg.training import distributed as dist
 from medseg.training.checkpoint import load_checkpoint, save_checkpoint
 from medseg.training.loop import train_epoch, validate
 from medseg.training.optim import build_optimizer, build_scheduler, poly_lr_factor
-from medseg.training.sampling import EpochPatchStream, epoch_indices
-from medseg.errors import ConfigError, MedsegError
+from medseg.training.sampling import EpochPatchStream
 
 Log = Callable[[str], None]
 
@@ -122,12 +124,29 @@ def run_training(cfg: Config, *, resume_dir: Path | None = None, progress: Progr
         raise ConfigError("no dataset: set data.root in the config or pass --data DIR", "data.root")
     set_determinism(seed=cfg.seed, use_deterministic_algorithms=cfg.train.deterministic)
     device = select_device(cfg.train.device)
+    info = dist.init_distributed(device.type)
     if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
         torch.backends.cudnn.benchmark = not cfg.train.deterministic
+    if not info.is_main:
+        progress, log = silent, (lambda s: None)
+    try:
+        result = _run(cfg, resume_dir, device, info, progress, log)
+        dist.barrier(info)  # no rank leaves while another still has collectives in flight
+        return result
+    finally:
+        dist.shutdown()
 
+
+def _run(cfg: Config, resume_dir: Path | None, device: torch.device, info: dist.DistInfo, progress: ProgressFn,
+         log: Log) -> TrainingResult:
     # --- data checks, fingerprint, plan: everything that can fail on user input, before any work
     spec = read_dataset(cfg.data.root)
+    if not info.is_main:
+        dist.barrier(info)  # rank 0 computes and caches the fingerprint first
     fingerprint, _ = load_or_compute_fingerprint(spec, cfg.data.cache_dir, progress)
+    if info.is_main:
+        dist.barrier(info)
     m = cfg.model
     net_spec = NetworkSpec(in_channels=len(spec.modality), out_channels=spec.num_classes, filters=list(m.filters),
                            strides=[list(s) if isinstance(s, tuple) else s for s in m.strides],
@@ -150,11 +169,17 @@ def run_training(cfg: Config, *, resume_dir: Path | None = None, progress: Progr
         except Exception as e:
             raise MedsegError(f"checkpoint cannot be loaded ({type(e).__name__}: {str(e)[:200]})",
                               resume_dir / "checkpoints" / "last.pt") from None
-        run_dir, tracker = resume_dir, Tracker.attach(uri, state["mlflow_run_id"])
+        run_dir = resume_dir
+        tracker = Tracker.attach(uri, state["mlflow_run_id"]) if info.is_main else _NoTracker(state["mlflow_run_id"])
         log(f"MLflow run {tracker.run_id} in {tracker.uri} (resumed)")
+    elif not info.is_main:
+        run_dir, run_id = dist.broadcast(None, info)
+        tracker = _NoTracker(run_id)
     else:
         tags = {"norm": m.norm, "batch_size": cfg.train.batch_size, "fold": cfg.data.fold, "dataset": spec.name,
-                "seed": cfg.seed, **cfg.tracking.tags}
+                "seed": cfg.seed, "world_size": info.world_size, **cfg.tracking.tags}
+        if m.norm == "batch" and info.enabled:
+            tags["sync_bn"] = cfg.train.sync_bn
         if cfg.tracking.parent_run_id:
             tags["mlflow.parentRunId"] = cfg.tracking.parent_run_id
         run_name = cfg.tracking.run_name or (f"{_slug(spec.name)}_{m.norm}_bs{cfg.train.batch_size}_fold"
@@ -162,15 +187,16 @@ def run_training(cfg: Config, *, resume_dir: Path | None = None, progress: Progr
         run_dir = Path(cfg.output_dir).resolve() / run_name
         tracker = Tracker(uri, cfg.tracking.experiment, run_name, {**tags, "medseg.run_dir": str(run_dir)})
         run_dir.mkdir(parents=True, exist_ok=False)
+        dist.broadcast((run_dir, tracker.run_id), info)
         log(f"run {run_name}: {len(train_items)} training / {len(val_items)} validation cases, patch "
             f"{plan.patch_size}, spacing {tuple(round(s, 3) for s in plan.target_spacing)} mm, norm {m.norm}, "
-            f"device {device}")
+            f"device {device}" + (f", {info.world_size} processes (DDP)" if info.enabled else ""))
         log(f"MLflow run {tracker.run_id} in {tracker.uri}")
     try:
-        if state is None:
+        if state is None and info.is_main:
             _record_inputs(cfg, plan, fingerprint, split, run_dir, tracker)
         result = _fit(cfg, plan, net_spec, network, device, train_items, val_items, run_dir, tracker, progress, log,
-                      state)
+                      state, info)
     except BaseException as e:
         tracker.end("KILLED" if isinstance(e, (KeyboardInterrupt, TrainingInterrupted)) else "FAILED")
         raise
@@ -192,7 +218,7 @@ def _record_inputs(cfg: Config, plan, fingerprint: dict, split: dict, run_dir: P
         tracker.log_artifact(run_dir / name)
 
 
-def _datasets(cfg: Config, plan, train_items, val_items, progress):
+def _datasets(cfg: Config, plan, train_items, val_items, progress, world_size: int = 1):
     """Preprocessed validation volumes, and the training patch stream (see training/sampling.py)."""
     pre = mt.preprocessing(plan)
     prep = Compose([mt.patch_preparation(plan), EnsureTyped(keys=("image", "label"), track_meta=False)])
@@ -209,17 +235,43 @@ def _datasets(cfg: Config, plan, train_items, val_items, progress):
                                     cache_dir=Path(cfg.data.cache_dir) / "preprocessed")
     else:
         volumes = Dataset(train_items, transform=Compose([pre, prep]))
-    stream = EpochPatchStream(volumes, rand, cfg.train.iterations_per_epoch * cfg.train.batch_size, cfg.seed)
+    stream = EpochPatchStream(volumes, rand, cfg.train.iterations_per_epoch * cfg.train.batch_size * world_size,
+                              cfg.seed)
     return stream, val
 
 
+class _NoTracker:
+    """What ranks other than 0 log to: nothing."""
+
+    uri = "(rank 0 logs)"
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+
+    def has_metric(self, key: str, step: int) -> bool:
+        return True
+
+    def __getattr__(self, name):  # log_metrics, log_params, set_tags, log_artifact(s), end
+        return lambda *args, **kwargs: None
+
+
+def _validate(network, val_volumes, inferer, plan, amp: str, info: dist.DistInfo, **kwargs) -> dict:
+    """:func:`validate` with the volumes sharded over ranks; every rank gets the metrics of all cases."""
+    val = validate(network, val_volumes[info.rank::info.world_size], inferer, num_classes=plan.num_classes,
+                   spacing=plan.target_spacing, amp=amp, **kwargs)
+    if not info.enabled:
+        return val
+    cases = [c for part in dist.gather(val["cases"], info) for c in part]
+    return {"per_class": summarize([{k: v for k, v in c.items() if k != "case_id"} for c in cases]),
+            "cases": cases, "first": val["first"]}
+
+
 def _batch_stats_validation(network, val_volumes, inferer, plan, amp: str, dice_running: float,
-                            tta: bool = False) -> dict[str, float]:
+                            info: dist.DistInfo, tta: bool = False) -> dict[str, float]:
     """Validate a batch-norm network again with batch statistics (of each sliding-window batch)
     instead of running averages; returns that Dice and the gap ``batch-stats - running-stats``."""
     with batch_statistics(network):
-        val = validate(network, val_volumes, inferer, num_classes=plan.num_classes, spacing=plan.target_spacing,
-                       amp=amp, tta=tta)
+        val = _validate(network, val_volumes, inferer, plan, amp, info, tta=tta)
     dice = float(np.mean([val["per_class"][k]["dice"] for k in plan.labels if k]))
     return {"val_dice_mean_batch_stats": dice, "bn_batch_stats_gap": dice - dice_running}
 
@@ -229,12 +281,14 @@ class TrainingInterrupted(MedsegError):
 
 
 def _fit(cfg: Config, plan, net_spec, network, device, train_items, val_items, run_dir: Path, tracker: Tracker,
-         progress: ProgressFn, log: Log, state: dict | None = None) -> TrainingResult:
+         progress: ProgressFn, log: Log, state: dict | None = None,
+         info: dist.DistInfo = dist.DistInfo()) -> TrainingResult:
     t = cfg.train
     if t.channels_last:
         network.to(memory_format=torch.channels_last_3d)
-    stream, val_volumes = _datasets(cfg, plan, train_items, val_items, progress)
-    per_epoch = t.iterations_per_epoch * t.batch_size
+    stream, val_volumes = _datasets(cfg, plan, train_items, val_items, progress, info.world_size)
+    per_epoch = t.iterations_per_epoch * t.batch_size * info.world_size
+    model = dist.wrap(network, info, device, sync_bn=t.sync_bn and net_spec.norm == "batch")
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
     optimizer = build_optimizer(network.parameters(), t.optimizer, t.lr, t.momentum, t.weight_decay)
     total = t.epochs * t.iterations_per_epoch
@@ -261,6 +315,8 @@ def _fit(cfg: Config, plan, net_spec, network, device, train_items, val_items, r
         log(f"resuming at epoch {start_epoch + 1}, iteration {start_iteration}")
 
     def save_last(next_epoch: int, next_iteration: int, losses: list[float]) -> None:
+        if not info.is_main:
+            return
         save_checkpoint({"network": network.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else {},
                          "next_epoch": next_epoch, "next_iteration": next_iteration, "epoch_losses": list(losses),
@@ -279,7 +335,8 @@ def _fit(cfg: Config, plan, net_spec, network, device, train_items, val_items, r
         for epoch in range(start_epoch, t.epochs):
             first = start_iteration if epoch == start_epoch else 0
             losses = epoch_losses if epoch == start_epoch else []
-            loader = DataLoader(stream, batch_size=t.batch_size, sampler=epoch_indices(epoch, per_epoch, first * t.batch_size),
+            loader = DataLoader(stream, batch_size=t.batch_size,
+                                sampler=dist.rank_indices(epoch, per_epoch, first, t.batch_size, info),
                                 num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
             lr = t.lr * poly_lr_factor(epoch * t.iterations_per_epoch, total, t.warmup_epochs * t.iterations_per_epoch,
                                        t.poly_exponent)  # at the epoch's start, also when resuming mid-epoch
@@ -290,10 +347,11 @@ def _fit(cfg: Config, plan, net_spec, network, device, train_items, val_items, r
                     save_last(epoch, len(ls), ls)
 
             try:
-                stats = train_epoch(network, loader, loss_fn, optimizer, scheduler, device=device, amp=amp,
+                stats = train_epoch(model, loader, loss_fn, optimizer, scheduler, device=device, amp=amp,
                                     scaler=scaler, grad_clip=t.grad_clip, progress=progress,
                                     description=f"epoch {epoch + 1}/{t.epochs}", losses=losses,
-                                    should_stop=lambda: stop["signal"] is not None, after_iteration=after_iteration,
+                                    should_stop=lambda: dist.any_rank(stop["signal"] is not None, info),
+                                    after_iteration=after_iteration,
                                     channels_last=t.channels_last)
             except torch.OutOfMemoryError:
                 optimizer.zero_grad(set_to_none=True)
@@ -306,24 +364,26 @@ def _fit(cfg: Config, plan, net_spec, network, device, train_items, val_items, r
                 raise TrainingInterrupted(
                     f"{stop['signal']} received: stopped at epoch {epoch + 1}, iteration {len(losses)}; checkpoint "
                     f"saved. Resume with: medseg train --resume {run_dir}", ckpt_dir / "last.pt")
-            row = {"epoch": epoch, "train_loss": stats["train_loss"], "learning_rate": lr,
+            row = {"epoch": epoch, "train_loss": dist.mean_over_ranks(stats["train_loss"], info), "learning_rate": lr,
                    "seconds_per_iteration": stats["seconds_per_iteration"],
-                   "patches_per_second": stats["patches_per_second"], "peak_memory_mb": peak_memory_mb(device)}
+                   "patches_per_second": stats["patches_per_second"] * info.world_size,
+                   "peak_memory_mb": peak_memory_mb(device)}
             last_epoch = epoch == t.epochs - 1
             if (epoch + 1) % cfg.validation.every_n_epochs == 0 or last_epoch:
                 v0 = time.perf_counter()
-                val = validate(network, val_volumes, inferer, num_classes=plan.num_classes,
-                               spacing=plan.target_spacing, amp=amp, progress=progress)
+                val = _validate(network, val_volumes, inferer, plan, amp, info, progress=progress)
                 for k, name in fg_labels.items():
                     row[f"val_dice_{name}"] = val["per_class"][k]["dice"]
                 row["val_dice_mean"] = float(np.mean([val["per_class"][k]["dice"] for k in fg_labels]))
                 if batch_stats:
-                    row.update(_batch_stats_validation(network, val_volumes, inferer, plan, amp, row["val_dice_mean"]))
+                    row.update(_batch_stats_validation(network, val_volumes, inferer, plan, amp, row["val_dice_mean"],
+                                                       info))
                 row["validation_seconds"] = time.perf_counter() - v0
                 if row["val_dice_mean"] > best:
                     best, best_epoch = row["val_dice_mean"], epoch
-                    save_checkpoint({"network": network.state_dict(), "epoch": epoch, "val_dice_mean": best},
-                                    ckpt_dir / "best.pt")
+                    if info.is_main:
+                        save_checkpoint({"network": network.state_dict(), "epoch": epoch, "val_dice_mean": best},
+                                        ckpt_dir / "best.pt")
             history.append(row)
             save_last(epoch + 1, 0, [])  # first the checkpoint, then the metrics (a resume logs what is missing)
             tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
@@ -336,9 +396,10 @@ def _fit(cfg: Config, plan, net_spec, network, device, train_items, val_items, r
             signal.signal(sig, handler)
 
     # --- final: best model, HD95, plots, model directory
+    dist.barrier(info)  # best.pt is written by rank 0 (the run folder must be on a shared filesystem)
     network.load_state_dict(load_checkpoint(ckpt_dir / "best.pt", map_location=device)["network"])
-    final = validate(network, val_volumes, inferer, num_classes=plan.num_classes, spacing=plan.target_spacing,
-                     amp=amp, hd95=cfg.validation.hd95, progress=progress, keep_first=True, tta=cfg.validation.tta)
+    final = _validate(network, val_volumes, inferer, plan, amp, info, hd95=cfg.validation.hd95, progress=progress,
+                      keep_first=True, tta=cfg.validation.tta)
     val_dice = {name: final["per_class"][k]["dice"] for k, name in fg_labels.items()}
     val_hd95 = {name: final["per_class"][k]["hd95"] for k, name in fg_labels.items()}
     summary = {f"best_val_dice_{n}": d for n, d in val_dice.items()}
@@ -349,8 +410,11 @@ def _fit(cfg: Config, plan, net_spec, network, device, train_items, val_items, r
         summary["best_val_hd95_mean"] = float(np.mean(hd))
     if batch_stats:
         gap = _batch_stats_validation(network, val_volumes, inferer, plan, amp, summary["best_val_dice_mean"],
-                                      tta=cfg.validation.tta)
+                                      info, tta=cfg.validation.tta)
         summary.update({f"best_{k}": v for k, v in gap.items()})
+    if not info.is_main:
+        return TrainingResult(run_id=tracker.run_id, run_dir=run_dir, model_dir=run_dir / "model", best_dice=best,
+                              best_epoch=best_epoch, val_dice=val_dice, val_hd95=val_hd95, history=history)
     tracker.log_metrics(summary, step=best_epoch)
     tracker.set_tags({"best_epoch": best_epoch})
     plots = run_dir / "plots"

@@ -49,8 +49,3 @@ class EpochPatchStream(torch.utils.data.Dataset):
         self.transform.set_random_state(seed=derived_seed(self.seed, epoch, position))
         return self.transform(dict(self.volumes[case]))
 
-
-def epoch_indices(epoch: int, patches_per_epoch: int, start_patch: int = 0) -> list[int]:
-    """Stream indices of ``epoch`` from ``start_patch`` on (to resume mid-epoch)."""
-    base = epoch * patches_per_epoch
-    return list(range(base + start_patch, base + patches_per_epoch))
