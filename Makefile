@@ -35,9 +35,12 @@ browser:
 test: install browser
 	$(BIN)/python -m pytest -q tests
 
-# Inference speed: medseg vs a plain MONAI sliding-window loop in the same process.
+# Speed, each against a plain MONAI reference loop in the same process (tables + JSON in runs/):
+# training step per norm and batch size, sliding-window inference, data pipeline vs training step.
 bench: install
+	$(BIN)/python benchmarks/training.py --json runs/bench_training.json
 	$(BIN)/python benchmarks/inference.py --json runs/bench_inference.json
+	$(BIN)/python benchmarks/data_pipeline.py --json runs/bench_data_pipeline.json
 
 clean:
 	rm -rf $(VENV) runs mlruns mlflow.db .medseg_cache
