@@ -134,3 +134,16 @@ def test_bad_sweep_definitions_are_errors(kwargs, word):
     with pytest.raises(ConfigError) as e:
         SweepSpec(**{**base, **kwargs})
     assert word in str(e.value)
+
+
+def test_a_minutes_budget_turns_measured_seconds_per_iteration_into_iterations():
+    from medseg.config import load_config
+    from medseg.study.sweep import Child, _measure_seconds_per_iteration
+
+    cfg = load_config(ROOT / "configs/demo.yaml", [f"data.root={SAMPLE}", "model.filters=[8,16,32,64]",
+                                                    "model.num_groups=4"])
+    cache: dict = {}
+    seconds = _measure_seconds_per_iteration(cfg, Child("group", 2, 0), cache)
+    assert 0 < seconds < 60 and cache[("group", 2)] == seconds
+    spec = SweepSpec(("group",), (2,), (0,), "minutes", 1.0)
+    assert child_iterations(spec, 2, seconds) == int(60 / seconds)
