@@ -113,7 +113,7 @@ def _pm(s: dict, key: str, fmt: str) -> str:
     m, sd = s[f"{key}_mean"], s[f"{key}_std"]
     if not math.isfinite(m):
         return "-"
-    return format(m, fmt) + (f" ± {format(sd, fmt)}" if math.isfinite(sd) else "")
+    return format(m, fmt) + (f" ± {format(sd, fmt.lstrip('+'))}" if math.isfinite(sd) else "")
 
 
 def markdown_table(summary: list[dict]) -> str:
