@@ -38,7 +38,7 @@ def medseg_runner(norm: str, batch_size: int, iterations: int, device: torch.dev
     from medseg.models import NetworkSpec, build_unet
     from medseg.plan import make_plan
     from medseg.training.distributed import DistInfo, rank_indices
-    from medseg.training.loop import train_epoch
+    from medseg.training.loop import dice_ce_loss, train_epoch
     from medseg.training.optim import build_optimizer, build_scheduler
     from medseg.training.sampling import EpochPatchStream
 
@@ -53,7 +53,7 @@ def medseg_runner(norm: str, batch_size: int, iterations: int, device: torch.dev
     stream = EpochPatchStream(cache["volumes"], mt.patch_sampling_and_augmentation(plan), iterations * batch_size, 0)
     opt = build_optimizer(net.parameters(), "sgd", 0.01)
     sched = build_scheduler(opt, iterations)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
+    loss_fn = dice_ce_loss()
 
     def run(epoch: int) -> float:
         loader = DataLoader(stream, batch_size=batch_size,

@@ -282,12 +282,12 @@ def _summary_table(report: dict) -> Table:
     table = Table(title=f"sweep {report['sweep_id']}: mean ± std over seeds")
     for col in ("norm", "batch size", "seeds", "mean Dice", "HD95 (mm)", "s/it", "peak MB", "BN gap"):
         table.add_column(col)
+    from medseg.study.report import mean_std
     for s in report["summary"]:
-        def pm(k, f):
-            m, sd = s[f"{k}_mean"], s[f"{k}_std"]
-            return "-" if not math.isfinite(m) else format(m, f) + (f" ± {format(sd, f)}" if math.isfinite(sd) else "")
-        table.add_row(s["norm"], str(s["batch_size"]), str(s["seeds"]), pm("dice_mean", ".3f"), pm("hd95_mean", ".2f"),
-                      pm("seconds_per_iteration", ".3f"), pm("peak_memory_mb", ".0f"), pm("bn_batch_stats_gap", "+.3f"))
+        table.add_row(s["norm"], str(s["batch_size"]), str(s["seeds"]),
+                      *(mean_std(s, k, f) for k, f in (("dice_mean", ".3f"), ("hd95_mean", ".2f"),
+                                                         ("seconds_per_iteration", ".3f"), ("peak_memory_mb", ".0f"),
+                                                         ("bn_batch_stats_gap", "+.3f"))))
     return table
 
 

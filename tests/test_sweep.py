@@ -143,7 +143,7 @@ def test_a_minutes_budget_turns_measured_seconds_per_iteration_into_iterations()
     cfg = load_config(ROOT / "configs/demo.yaml", [f"data.root={SAMPLE}", "model.filters=[8,16,32,64]",
                                                     "model.num_groups=4"])
     cache: dict = {}
-    seconds = _measure_seconds_per_iteration(cfg, Child("group", 2, 0), cache)
+    seconds = _measure_seconds_per_iteration(cfg, Child("group", 2, 0), 1, 3, cache)
     assert 0 < seconds < 60 and cache[("group", 2)] == seconds
     spec = SweepSpec(("group",), (2,), (0,), "minutes", 1.0)
     assert child_iterations(spec, 2, seconds) == int(60 / seconds)

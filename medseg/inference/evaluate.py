@@ -1,7 +1,6 @@
 """Evaluate a model directory on a labelled MSD dataset, in each case's original geometry."""
 from __future__ import annotations
 
-
 import numpy as np
 
 from medseg.data.dataset import DatasetSpec

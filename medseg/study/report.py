@@ -109,7 +109,8 @@ def _class_keys(rows: list[dict]) -> list[str]:
     return sorted({k for r in rows for k in r if k.startswith("dice_") and k not in SUMMARY_METRICS})
 
 
-def _pm(s: dict, key: str, fmt: str) -> str:
+def mean_std(s: dict, key: str, fmt: str) -> str:
+    """``"0.622 ± 0.258"`` from a summary row's ``<key>_mean`` / ``<key>_std`` (``"-"`` if missing)."""
     m, sd = s[f"{key}_mean"], s[f"{key}_std"]
     if not math.isfinite(m):
         return "-"
@@ -126,9 +127,9 @@ def markdown_table(summary: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summary:
         cells = [s["norm"], str(s["batch_size"]), str(s["seeds"]), str(s["iterations"]), f"{s['lr']:.3g}",
-                 _pm(s, "dice_mean", ".3f")] + [_pm(s, c, ".3f") for c in classes] + [
-                 _pm(s, "hd95_mean", ".2f"), _pm(s, "seconds_per_iteration", ".3f"), _pm(s, "patches_per_second", ".1f"),
-                 _pm(s, "peak_memory_mb", ".0f"), _pm(s, "final_train_loss", ".3f"), _pm(s, "bn_batch_stats_gap", "+.3f")]
+                 mean_std(s, "dice_mean", ".3f")] + [mean_std(s, c, ".3f") for c in classes] + [
+                 mean_std(s, "hd95_mean", ".2f"), mean_std(s, "seconds_per_iteration", ".3f"), mean_std(s, "patches_per_second", ".1f"),
+                 mean_std(s, "peak_memory_mb", ".0f"), mean_std(s, "final_train_loss", ".3f"), mean_std(s, "bn_batch_stats_gap", "+.3f")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -38,7 +38,8 @@ from medseg.errors import ConfigError, MedsegError
 from medseg.tracking import Tracker, resolve_tracking_uri
 
 BudgetKind = Literal["samples", "iterations", "minutes"]
-LR_RULES = ("sqrt", "linear", "none")
+LR_RULE_FACTORS = {"sqrt": "sqrt(b / b0)", "linear": "b / b0", "none": "1"}
+LR_RULES = tuple(LR_RULE_FACTORS)
 Log = Callable[[str], None]
 
 
@@ -186,27 +187,25 @@ def _parent(base: Config, spec: SweepSpec, sweep_id: str, uri: str, log: Log) ->
         "samples": f"every run sees {spec.budget_value:g} training patches: iterations = ceil(samples / batch size)",
         "iterations": f"every run trains {spec.budget_value:g} iterations",
         "minutes": f"every run trains ~{spec.budget_value:g} min: iterations = minutes * 60 / measured s/it",
-    }[spec.budget] + f"; lr = train.lr * {'sqrt(b / b0)' if spec.lr_rule == 'sqrt' else 'b / b0' if spec.lr_rule == 'linear' else '1'}"
+    }[spec.budget] + f"; lr = train.lr * {LR_RULE_FACTORS[spec.lr_rule]}"
     tracker.log_params({**params, **{f"base.{k}": v for k, v in flatten(base).items()}})
     log(f"sweep {sweep_id}: MLflow parent run {tracker.run_id} in experiment {base.tracking.experiment!r}")
     return tracker
 
 
-def _measure_seconds_per_iteration(base: Config, child: Child, cache: dict) -> float:
-    from medseg.data import read_dataset
-    from medseg.models import NetworkSpec, build_unet
+def _measure_seconds_per_iteration(base: Config, child: Child, in_channels: int, num_classes: int,
+                                   cache: dict) -> float:
+    from medseg.models import build_unet
+    from medseg.training.run import network_spec
     from medseg.training.timing import time_training_step
 
     key = (child.norm, child.batch_size)
     if key not in cache:
-        ds = read_dataset(base.data.root)
-        m = base.model
-        net = build_unet(NetworkSpec(len(ds.modality), ds.num_classes, list(m.filters), list(m.strides),
-                                     m.kernel_size, child.norm, m.num_groups, m.deep_supervision, m.res_block))
         if base.sampling.patch_size is None:
             raise ConfigError("a minutes budget needs sampling.patch_size in the config", "sampling.patch_size")
-        cache[key] = time_training_step(net, base.sampling.patch_size, child.batch_size, len(ds.modality),
-                                        ds.num_classes, steps=3, warmup=1)
+        net = build_unet(network_spec(base.model, in_channels, num_classes, norm=child.norm))
+        cache[key] = time_training_step(net, base.sampling.patch_size, child.batch_size, in_channels, num_classes,
+                                        steps=3, warmup=1)
     return cache[key]
 
 
@@ -231,7 +230,7 @@ def run_sweep(base: Config, spec: SweepSpec, *, sweep_dir: Path | None = None, s
     if base.data.root is None:
         raise ConfigError("no dataset: set data.root in the config or pass --data DIR", "data.root")
     from medseg.data import read_dataset
-    read_dataset(base.data.root)  # bad data fails here, once, not in every child
+    dataset = read_dataset(base.data.root)  # bad data fails here, once, not in every child
     doc = base.model_dump(mode="json")
     doc["tracking"]["tracking_uri"] = resolve_tracking_uri(base.tracking.tracking_uri)
     base = Config.model_validate(doc)
@@ -252,13 +251,15 @@ def run_sweep(base: Config, spec: SweepSpec, *, sweep_dir: Path | None = None, s
         if stop["proc"] is not None and stop["proc"].poll() is None:
             stop["proc"].send_signal(signal.SIGTERM)  # the child checkpoints and exits
 
+    earlier: dict[str, list] = {}  # runs of earlier attempts, by child key (only this process adds runs now)
+    for r in _find_runs(client, parent.experiment_id, sweep_id, "child"):
+        earlier.setdefault(r.data.tags.get("medseg.sweep_key"), []).append(r)
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         for i, child in enumerate(children, 1):
             if stop["signal"]:
                 break
-            runs = [r for r in _find_runs(client, parent.experiment_id, sweep_id, "child")
-                    if r.data.tags.get("medseg.sweep_key") == child.key]
+            runs = earlier.get(child.key, [])
             if any(r.info.status == "FINISHED" for r in runs):
                 status[child.key] = "skipped"
                 log(f"[{i}/{len(children)}] {child.key}: finished before, skipped")
@@ -278,7 +279,8 @@ def run_sweep(base: Config, spec: SweepSpec, *, sweep_dir: Path | None = None, s
             else:
                 seconds = None
                 if spec.budget == "minutes":
-                    seconds = _measure_seconds_per_iteration(base, child, timings)
+                    seconds = _measure_seconds_per_iteration(base, child, len(dataset.modality),
+                                                             dataset.num_classes, timings)
                 iterations = child_iterations(spec, child.batch_size, seconds)
                 cfg = child_config(base, child, iterations=iterations, spec=spec, sweep_id=sweep_id,
                                    parent_run_id=parent.run_id, output_dir=sweep_dir / "runs")

@@ -160,7 +160,12 @@ def gather(obj, info: DistInfo) -> list:
 
 def any_rank(flag: bool, info: DistInfo) -> bool:
     """True on every rank if ``flag`` is True on any (e.g. a signal that reached one process)."""
-    return any(gather(bool(flag), info))
+    if not info.enabled:
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def mean_over_ranks(value: float, info: DistInfo) -> float:

@@ -5,10 +5,16 @@ import time
 
 import numpy as np
 import torch
+from monai.losses import DiceCELoss
 
 from medseg.evaluation import per_class_metrics, summarize
 from medseg.inference.sliding_window import autocast, predict_probabilities
 from medseg.progress import ProgressFn, silent
+
+
+def dice_ce_loss() -> DiceCELoss:
+    """medseg's training loss: MONAI DiceCELoss (softmax, one-hot labels, Dice over the batch)."""
+    return DiceCELoss(to_onehot_y=True, softmax=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
 
 
 def deep_supervision_loss(loss_fn, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -16,12 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.data import DataLoader, Dataset, PersistentDataset
-from monai.losses import DiceCELoss
 from monai.transforms import Compose, EnsureTyped
 from monai.utils import set_determinism
 
 from medseg import transforms as mt
-from medseg.config import Config, config_to_yaml, flatten
+from medseg.config import Config, ModelConfig, config_to_yaml, flatten
 from medseg.data import kfold_splits, load_or_compute_fingerprint, read_dataset
 from medseg.data.folds import save_split
 from medseg.errors import ConfigError, MedsegError
@@ -36,7 +35,7 @@ from medseg.progress import ProgressFn, silent
 from medseg.tracking import Tracker, resolve_tracking_uri
 from medseg.training import distributed as dist
 from medseg.training.checkpoint import load_checkpoint, save_checkpoint
-from medseg.training.loop import train_epoch, validate
+from medseg.training.loop import dice_ce_loss, train_epoch, validate
 from medseg.training.optim import build_optimizer, build_scheduler, poly_lr_factor
 from medseg.training.sampling import EpochPatchStream
 
@@ -107,6 +106,14 @@ def find_run_dir(resume: str | Path, tracking_uri: str | None = None) -> Path:
     return path
 
 
+def network_spec(m: ModelConfig, in_channels: int, out_channels: int, norm: str | None = None) -> NetworkSpec:
+    """The :class:`NetworkSpec` the ``model`` config section describes (``norm`` overrides its norm)."""
+    return NetworkSpec(in_channels=in_channels, out_channels=out_channels, filters=list(m.filters),
+                       strides=[list(s) if isinstance(s, tuple) else s for s in m.strides], kernel_size=m.kernel_size,
+                       norm=norm or m.norm, num_groups=m.num_groups, deep_supervision=m.deep_supervision,
+                       res_block=m.res_block)
+
+
 def run_training(cfg: Config, *, resume_dir: Path | None = None, progress: ProgressFn = silent,
                  log: Log = lambda s: None) -> TrainingResult:
     """Train and validate one model as configured by ``cfg`` (validated; ``cfg.data.root`` set).
@@ -148,10 +155,7 @@ def _run(cfg: Config, resume_dir: Path | None, device: torch.device, info: dist.
     if info.is_main:
         dist.barrier(info)
     m = cfg.model
-    net_spec = NetworkSpec(in_channels=len(spec.modality), out_channels=spec.num_classes, filters=list(m.filters),
-                           strides=[list(s) if isinstance(s, tuple) else s for s in m.strides],
-                           kernel_size=m.kernel_size, norm=m.norm, num_groups=m.num_groups,
-                           deep_supervision=m.deep_supervision, res_block=m.res_block)
+    net_spec = network_spec(m, len(spec.modality), spec.num_classes)
     network = build_unet(net_spec).to(device)
     plan = make_plan(fingerprint, target_spacing=cfg.preprocess.target_spacing, patch_size=cfg.sampling.patch_size,
                      strides=net_spec.strides, image_interpolation=cfg.preprocess.image_interpolation,
@@ -289,7 +293,7 @@ def _fit(cfg: Config, plan, net_spec, network, device, train_items, val_items, r
     stream, val_volumes = _datasets(cfg, plan, train_items, val_items, progress, info.world_size)
     per_epoch = t.iterations_per_epoch * t.batch_size * info.world_size
     model = dist.wrap(network, info, device, sync_bn=t.sync_bn and net_spec.norm == "batch")
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
+    loss_fn = dice_ce_loss()
     optimizer = build_optimizer(network.parameters(), t.optimizer, t.lr, t.momentum, t.weight_decay)
     total = t.epochs * t.iterations_per_epoch
     scheduler = build_scheduler(optimizer, total, t.warmup_epochs * t.iterations_per_epoch, t.poly_exponent)

@@ -8,9 +8,8 @@ from __future__ import annotations
 import time
 
 import torch
-from monai.losses import DiceCELoss
-
-from medseg.training.loop import deep_supervision_loss
+from medseg.training.loop import deep_supervision_loss, dice_ce_loss
+from medseg.training.optim import build_optimizer
 
 
 def time_training_step(network: torch.nn.Module, patch_size: tuple[int, int, int], batch_size: int, in_channels: int,
@@ -31,8 +30,8 @@ def time_training_step(network: torch.nn.Module, patch_size: tuple[int, int, int
     gen = torch.Generator().manual_seed(0)
     image = torch.randn((batch_size, in_channels, *patch_size), generator=gen).to(device)
     label = torch.randint(0, out_channels, (batch_size, 1, *patch_size), generator=gen).to(device)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
-    optimizer = torch.optim.SGD(network.parameters(), lr=lr, momentum=0.99, nesterov=True)
+    loss_fn = dice_ce_loss()
+    optimizer = build_optimizer(network.parameters(), "sgd", lr)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
