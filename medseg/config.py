@@ -114,7 +114,9 @@ class TrainConfig(_Strict):
     warmup_epochs: int = Field(0, ge=0)
     poly_exponent: float = Field(0.9, ge=0)
     grad_clip: float | None = Field(12.0, gt=0)
-    amp: Literal["bf16", "fp16", "none"] = "bf16"
+    amp: Literal["bf16", "fp16", "none"] = Field(
+        "bf16", description="Autocast precision: bf16/fp16 on CUDA; on CPU bf16 runs only where the CPU computes it "
+                            "natively (AVX512-BF16/AMX), else float32. The run's tag 'amp' records what ran.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = False
     channels_last: bool = Field(False, description="channels_last_3d memory format (faster convolutions on CPU oneDNN "

@@ -61,7 +61,8 @@ def train_epoch(network, loader, loss_fn, optimizer, scheduler, *, device: torch
         label = batch["label"].to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, amp):
-            loss = deep_supervision_loss(loss_fn, network(image), label)
+            output = network(image)
+        loss = deep_supervision_loss(loss_fn, output.float(), label)  # softmax, Dice and CE in float32
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} at learning rate "
                                      f"{optimizer.param_groups[0]['lr']:.3g}; lower train.lr or enable grad_clip")

@@ -25,7 +25,7 @@ from medseg.data import kfold_splits, load_or_compute_fingerprint, read_dataset
 from medseg.data.folds import save_split
 from medseg.errors import ConfigError, MedsegError
 from medseg.evaluation import summarize
-from medseg.inference.sliding_window import make_inferer
+from medseg.inference.sliding_window import effective_amp, make_inferer
 from medseg.models import NetworkSpec, build_unet
 from medseg.models.directory import save_model_dir
 from medseg.models.norms import batch_statistics
@@ -181,7 +181,8 @@ def _run(cfg: Config, resume_dir: Path | None, device: torch.device, info: dist.
         tracker = _NoTracker(run_id)
     else:
         tags = {"norm": m.norm, "batch_size": cfg.train.batch_size, "fold": cfg.data.fold, "dataset": spec.name,
-                "seed": cfg.seed, "world_size": info.world_size, **cfg.tracking.tags}
+                "seed": cfg.seed, "world_size": info.world_size, "amp": effective_amp(device, cfg.train.amp),
+                **cfg.tracking.tags}
         if m.norm == "batch" and info.enabled:
             tags["sync_bn"] = cfg.train.sync_bn
         if cfg.tracking.parent_run_id:
@@ -194,7 +195,7 @@ def _run(cfg: Config, resume_dir: Path | None, device: torch.device, info: dist.
         dist.broadcast((run_dir, tracker.run_id), info)
         log(f"run {run_name}: {len(train_items)} training / {len(val_items)} validation cases, patch "
             f"{plan.patch_size}, spacing {tuple(round(s, 3) for s in plan.target_spacing)} mm, norm {m.norm}, "
-            f"device {device}" + (f", {info.world_size} processes (DDP)" if info.enabled else ""))
+            f"device {device}, autocast {effective_amp(device, cfg.train.amp)}" + (f", {info.world_size} processes (DDP)" if info.enabled else ""))
         log(f"MLflow run {tracker.run_id} in {tracker.uri}")
     try:
         if state is None and info.is_main:
@@ -297,7 +298,7 @@ def _fit(cfg: Config, plan, net_spec, network, device, train_items, val_items, r
     optimizer = build_optimizer(network.parameters(), t.optimizer, t.lr, t.momentum, t.weight_decay)
     total = t.epochs * t.iterations_per_epoch
     scheduler = build_scheduler(optimizer, total, t.warmup_epochs * t.iterations_per_epoch, t.poly_exponent)
-    amp = t.amp if device.type == "cuda" else "none"
+    amp = effective_amp(device, t.amp)  # bf16 also on CPUs that compute it natively
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
     inferer = make_inferer(plan.patch_size, cfg.validation.overlap, cfg.validation.sw_batch_size)
     fg_labels = {k: v for k, v in plan.labels.items() if k}
