@@ -36,11 +36,13 @@ test: install browser
 	$(BIN)/python -m pytest -q tests
 
 # Speed, each against a plain MONAI reference loop in the same process (tables + JSON in runs/):
-# training step per norm and batch size, sliding-window inference, data pipeline vs training step.
+# training step per norm and batch size, sliding-window inference, data pipeline vs training step;
+# then the fast-path variants (autocast, channels_last_3d, torch.compile) against float32 eager.
 bench: install
 	$(BIN)/python benchmarks/training.py --json runs/bench_training.json
 	$(BIN)/python benchmarks/inference.py --json runs/bench_inference.json
 	$(BIN)/python benchmarks/data_pipeline.py --json runs/bench_data_pipeline.json
+	$(BIN)/python benchmarks/fast_path.py --json runs/bench_fast_path.json
 
 clean:
 	rm -rf $(VENV) runs mlruns mlflow.db .medseg_cache

@@ -5,7 +5,8 @@ crop + augmentation from cached preprocessed Task04 volumes, through a DataLoade
 workers), (b) the same work written with plain MONAI (Dataset + DataLoader, no medseg code), and
 (c) the training step alone on random patches (forward, Dice+CE, backward, SGD: the consumer).
 
-    python benchmarks/data_pipeline.py [--batch-size 2] [--batches 30] [--device cpu|cuda] [--json out.json]
+    python benchmarks/data_pipeline.py [--batch-size 2] [--batches 30] [--device cpu|cuda] [--amp bf16|fp16|none]
+                                     [--json out.json]
 
 Prints patches/s and the ratio supply / consumption (target >= 3: data loading is never the
 bottleneck) and medseg / reference for the pipeline (target about 1).
@@ -37,12 +38,15 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", type=int, default=30)
     ap.add_argument("--workers", default="0,1,2")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--amp", default="bf16", help="autocast of the training step (medseg's default; on CPU only "
+                                                  "where it is native, see effective_amp)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     from medseg import transforms as mt
     from medseg.models import NetworkSpec, build_unet
     from medseg.training.distributed import DistInfo, rank_indices
     from medseg.training.sampling import EpochPatchStream
+    from medseg.inference.sliding_window import effective_amp
     from medseg.training.timing import time_training_step
 
     cache: dict = {}
@@ -61,12 +65,13 @@ def main(argv=None) -> int:
         rows.append({"workers": workers, "medseg_patches_per_s": a, "reference_patches_per_s": b, "ratio": a / b})
     device = torch.device(args.device)
     net = build_unet(NetworkSpec(1, 3, [16, 32, 64, 128], [1, 2, 2, 2], deep_supervision=True))
-    step = time_training_step(net, PATCH, args.batch_size, 1, 3, steps=5, warmup=2, device=device)
+    step = time_training_step(net, PATCH, args.batch_size, 1, 3, steps=5, warmup=2, device=device, amp=args.amp)
     consume = args.batch_size / step
     for r in rows:
         r["training_step_patches_per_s"] = consume
         r["supply_over_consumption"] = r["medseg_patches_per_s"] / consume
-    print_table(f"Data pipeline vs training step, batch {args.batch_size}, patch {PATCH}, step on {device}", rows,
+    print_table(f"Data pipeline vs training step, batch {args.batch_size}, patch {PATCH}, step on {device} "
+                f"(autocast {effective_amp(device, args.amp)})", rows,
                 [("workers", "workers", ""), ("medseg_patches_per_s", "medseg patches/s", ".1f"),
                  ("reference_patches_per_s", "MONAI patches/s", ".1f"), ("ratio", "medseg/MONAI", ".2f"),
                  ("training_step_patches_per_s", "step consumes patches/s", ".1f"),

@@ -6,6 +6,9 @@ values (numbers, tuples, paths) pulled out of these models. Unknown keys and wro
 """
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +34,8 @@ class DataConfig(_Strict):
     cache: Literal["memory", "disk", "none"] = "memory"
     cache_dir: Path = Path(".medseg_cache")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes for augmentation.")
+    persistent_workers: bool = Field(True, description="Keep the DataLoader workers (and their copy of the cached "
+                                                       "volumes) alive across epochs; only with num_workers > 0.")
 
     @model_validator(mode="after")
     def _fold_in_range(self):
@@ -77,6 +82,8 @@ class AugmentConfig(_Strict):
     noise: bool = True
     brightness_contrast: bool = True
     probability: float = Field(0.2, ge=0, le=1, description="Probability of each intensity/spatial transform.")
+    on_device: bool = Field(False, description="Augment on the training device (GPU) after the patch crop, instead of "
+                                               "in the DataLoader workers; same random draws per patch.")
 
 
 class ModelConfig(_Strict):
@@ -123,8 +130,18 @@ class TrainConfig(_Strict):
                                                    "and on GPU tensor cores).")
     sync_bn: bool = Field(True, description="Under DDP (torchrun), norm=batch uses SyncBatchNorm: statistics over "
                                             "the global batch; false keeps per-GPU batch norm.")
+    compile: bool = Field(False, description="torch.compile the network for training (TorchInductor; needs a C++ "
+                                             "compiler on CPU). The first iterations are slower while it compiles.")
     checkpoint_every_iterations: int | None = Field(
         None, ge=1, description="Also checkpoint every N iterations (a checkpoint is always written each epoch).")
+
+    @model_validator(mode="after")
+    def _compiler_for_compile(self):
+        cxx = os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")  # what TorchInductor runs
+        if self.compile and not shutil.which(cxx):
+            raise ValueError(f"train.compile needs the C++ compiler TorchInductor runs ({cxx}: $CXX, else g++; "
+                             "clang++ on macOS), which is not on PATH; install it or set train.compile: false")
+        return self
 
 
 class ValidationConfig(_Strict):

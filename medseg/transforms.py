@@ -20,6 +20,7 @@ from monai import transforms as T
 from medseg.plan import Plan
 
 INDICES_KEY = "label_cls_indices"
+CROP_STEPS = 2  # the leading steps of patch_sampling_and_augmentation that crop; the rest augment
 
 
 def preprocessing(plan: Plan, keys: tuple[str, ...] = ("image", "label")) -> T.Compose:
@@ -84,6 +85,7 @@ def patch_sampling_and_augmentation(plan: Plan, *, foreground_oversampling: floa
                                   num_classes=plan.num_classes, num_samples=1, indices_key=INDICES_KEY, warn=False),
         T.DeleteItemsd(keys=INDICES_KEY),
     ]
+    assert len(chain) == CROP_STEPS  # DeviceAugmentation runs what follows on the training device
     if rotate_scale and (rotation_degrees > 0 or scale_range > 0):
         r = math.radians(rotation_degrees)
         chain.append(T.RandAffined(keys=keys, prob=probability, rotate_range=(r, r, r), scale_range=scale_range,

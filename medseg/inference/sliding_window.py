@@ -17,10 +17,10 @@ def make_inferer(patch_size, overlap: float = 0.5, sw_batch_size: int = 4) -> Sl
 
 
 def native_cpu_bf16() -> bool:
-    """True where oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX); elsewhere bf16 is emulated
-    and slower than float32."""
+    """True where this CPU computes bf16 natively (x86 AVX512-BF16 or AMX, as PyTorch detects them);
+    elsewhere bf16 autocast is emulated and slower than float32."""
     try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         return False
 

@@ -205,7 +205,8 @@ def _measure_seconds_per_iteration(base: Config, child: Child, in_channels: int,
             raise ConfigError("a minutes budget needs sampling.patch_size in the config", "sampling.patch_size")
         net = build_unet(network_spec(base.model, in_channels, num_classes, norm=child.norm))
         cache[key] = time_training_step(net, base.sampling.patch_size, child.batch_size, in_channels, num_classes,
-                                        steps=3, warmup=1)
+                                        steps=3, warmup=1, amp=base.train.amp,
+                                        channels_last=base.train.channels_last, compile=base.train.compile)
     return cache[key]
 
 

@@ -5,6 +5,7 @@ import time
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.losses import DiceCELoss
 
 from medseg.evaluation import per_class_metrics, summarize
@@ -27,12 +28,19 @@ def deep_supervision_loss(loss_fn, output: torch.Tensor, target: torch.Tensor) -
     return sum(w * loss_fn(h, target) for w, h in zip(weights, heads)) / sum(weights)
 
 
+def _plain(x: torch.Tensor) -> torch.Tensor:
+    return x.as_tensor() if isinstance(x, MetaTensor) else x
+
+
 def train_epoch(network, loader, loss_fn, optimizer, scheduler, *, device: torch.device, amp: str = "none",
                 scaler: torch.amp.GradScaler | None = None, grad_clip: float | None = None,
                 progress: ProgressFn = silent, description: str = "train", total: int | None = None,
                 losses: list[float] | None = None, should_stop=lambda: False,
-                after_iteration=lambda losses: None, channels_last: bool = False) -> dict[str, float]:
+                after_iteration=lambda losses: None, channels_last: bool = False,
+                device_augment=None) -> dict[str, float]:
     """One pass over ``loader`` (batches of ``image`` (N, C, *patch) and ``label`` (N, 1, *patch)).
+
+    ``network`` may be DDP-wrapped and/or ``torch.compile``-d; it receives plain tensors.
 
     The learning-rate scheduler steps after every iteration.
 
@@ -41,6 +49,8 @@ def train_epoch(network, loader, loss_fn, optimizer, scheduler, *, device: torch
         should_stop: checked after every iteration; True ends the epoch early (``interrupted``).
         after_iteration: called with the epoch's losses so far after every iteration.
         channels_last: feed images in channels_last_3d memory format (the network should be too).
+        device_augment: a :class:`~medseg.training.sampling.DeviceAugmentation` applied to each batch
+            on ``device`` (the batch then carries its stream indices under ``"index"``).
 
     Returns:
         ``train_loss`` (mean over the epoch's iterations), ``seconds_per_iteration`` (wall time
@@ -56,9 +66,12 @@ def train_epoch(network, loader, loss_fn, optimizer, scheduler, *, device: torch
     start = time.perf_counter()
     for batch in progress(loader, description, total if total is not None else len(loader)):
         image = batch["image"].to(device, non_blocking=True)
-        if channels_last:
-            image = image.contiguous(memory_format=torch.channels_last_3d)
         label = batch["label"].to(device, non_blocking=True)
+        if device_augment is not None:
+            image, label = device_augment(image, label, batch["index"].tolist())
+        image, label = _plain(image), _plain(label)  # MONAI MetaTensor -> tensor: no per-op metadata work,
+        if channels_last:                            # nothing for torch.compile to trace through
+            image = image.contiguous(memory_format=torch.channels_last_3d)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, amp):
             output = network(image)

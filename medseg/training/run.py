@@ -37,7 +37,7 @@ from medseg.training import distributed as dist
 from medseg.training.checkpoint import load_checkpoint, save_checkpoint
 from medseg.training.loop import dice_ce_loss, train_epoch, validate
 from medseg.training.optim import build_optimizer, build_scheduler, poly_lr_factor
-from medseg.training.sampling import EpochPatchStream
+from medseg.training.sampling import DeviceAugmentation, EpochPatchStream, EpochSampler
 
 Log = Callable[[str], None]
 
@@ -241,7 +241,7 @@ def _datasets(cfg: Config, plan, train_items, val_items, progress, world_size: i
     else:
         volumes = Dataset(train_items, transform=Compose([pre, prep]))
     stream = EpochPatchStream(volumes, rand, cfg.train.iterations_per_epoch * cfg.train.batch_size * world_size,
-                              cfg.seed)
+                              cfg.seed, worker_steps=mt.CROP_STEPS if a.on_device else None)
     return stream, val
 
 
@@ -294,6 +294,13 @@ def _fit(cfg: Config, plan, net_spec, network, device, train_items, val_items, r
     stream, val_volumes = _datasets(cfg, plan, train_items, val_items, progress, info.world_size)
     per_epoch = t.iterations_per_epoch * t.batch_size * info.world_size
     model = dist.wrap(network, info, device, sync_bn=t.sync_bn and net_spec.norm == "batch")
+    if t.compile:  # training forward only; validation runs the eager network (other window batch shapes)
+        model = torch.compile(model)
+    device_augment = DeviceAugmentation(stream) if cfg.augment.on_device else None
+    workers = cfg.data.num_workers
+    sampler = EpochSampler()  # one loader for the run: persistent workers keep their cached volumes
+    loader = DataLoader(stream, batch_size=t.batch_size, sampler=sampler, num_workers=workers,
+                        pin_memory=device.type == "cuda", persistent_workers=workers > 0 and cfg.data.persistent_workers)
     loss_fn = dice_ce_loss()
     optimizer = build_optimizer(network.parameters(), t.optimizer, t.lr, t.momentum, t.weight_decay)
     total = t.epochs * t.iterations_per_epoch
@@ -340,9 +347,7 @@ def _fit(cfg: Config, plan, net_spec, network, device, train_items, val_items, r
         for epoch in range(start_epoch, t.epochs):
             first = start_iteration if epoch == start_epoch else 0
             losses = epoch_losses if epoch == start_epoch else []
-            loader = DataLoader(stream, batch_size=t.batch_size,
-                                sampler=dist.rank_indices(epoch, per_epoch, first, t.batch_size, info),
-                                num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+            sampler.indices = dist.rank_indices(epoch, per_epoch, first, t.batch_size, info)
             lr = t.lr * poly_lr_factor(epoch * t.iterations_per_epoch, total, t.warmup_epochs * t.iterations_per_epoch,
                                        t.poly_exponent)  # at the epoch's start, also when resuming mid-epoch
             every = t.checkpoint_every_iterations
@@ -357,7 +362,7 @@ def _fit(cfg: Config, plan, net_spec, network, device, train_items, val_items, r
                                     description=f"epoch {epoch + 1}/{t.epochs}", losses=losses,
                                     should_stop=lambda: dist.any_rank(stop["signal"] is not None, info),
                                     after_iteration=after_iteration,
-                                    channels_last=t.channels_last)
+                                    channels_last=t.channels_last, device_augment=device_augment)
             except torch.OutOfMemoryError:
                 optimizer.zero_grad(set_to_none=True)
                 save_last(epoch, len(losses), losses)
@@ -397,6 +402,7 @@ def _fit(cfg: Config, plan, net_spec, network, device, train_items, val_items, r
             log(f"epoch {epoch + 1}/{t.epochs} loss {row['train_loss']:.4f} lr {lr:.2e} "
                 f"{row['seconds_per_iteration']:.3f} s/it {row['patches_per_second']:.1f} patches/s {dice_txt}")
     finally:
+        loader = None  # ends persistent DataLoader workers before the final validation (or on error)
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
 

@@ -8,19 +8,25 @@ from __future__ import annotations
 import time
 
 import torch
+
+from medseg.inference.sliding_window import autocast
 from medseg.training.loop import deep_supervision_loss, dice_ce_loss
 from medseg.training.optim import build_optimizer
 
 
 def time_training_step(network: torch.nn.Module, patch_size: tuple[int, int, int], batch_size: int, in_channels: int,
                        out_channels: int, *, steps: int = 5, warmup: int = 2, device: str | torch.device = "cpu",
-                       lr: float = 0.01) -> float:
+                       lr: float = 0.01, amp: str = "none", channels_last: bool = False,
+                       compile: bool = False) -> float:
     """Mean seconds per training iteration of ``network`` on random (N, C, D, H, W) patches.
 
     Args:
         patch_size: (D, H, W) in voxels.
         batch_size: N.
-        steps: timed iterations, after ``warmup`` untimed ones.
+        steps: timed iterations, after ``warmup`` untimed ones (which include torch.compile's compilation).
+        amp: ``"bf16" | "fp16" | "none"`` autocast (see :func:`~medseg.inference.sliding_window.effective_amp`).
+        channels_last: network and input in channels_last_3d memory format.
+        compile: time ``torch.compile(network)``.
 
     Returns:
         seconds per iteration (wall time; CUDA is synchronized before reading the clock).
@@ -30,13 +36,26 @@ def time_training_step(network: torch.nn.Module, patch_size: tuple[int, int, int
     gen = torch.Generator().manual_seed(0)
     image = torch.randn((batch_size, in_channels, *patch_size), generator=gen).to(device)
     label = torch.randint(0, out_channels, (batch_size, 1, *patch_size), generator=gen).to(device)
+    if channels_last:
+        network = network.to(memory_format=torch.channels_last_3d)
+        image = image.contiguous(memory_format=torch.channels_last_3d)
+    model = torch.compile(network) if compile else network
     loss_fn = dice_ce_loss()
     optimizer = build_optimizer(network.parameters(), "sgd", lr)
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" and device.type == "cuda" else None
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        deep_supervision_loss(loss_fn, network(image), label).backward()
-        optimizer.step()
+        with autocast(device, amp):
+            output = model(image)
+        loss = deep_supervision_loss(loss_fn, output.float(), label)
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
 
     for _ in range(warmup):
         step()
