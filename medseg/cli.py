@@ -318,7 +318,10 @@ def ui(
                                                "medseg writes to: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."),
     port: int = typer.Option(5000, "--port", min=1, max=65535),
 ):
-    """Start the MLflow UI on 127.0.0.1 for medseg's tracking store (Ctrl-C stops it)."""
+    """Start the MLflow UI on 127.0.0.1 for medseg's tracking store (Ctrl-C or SIGTERM stops it, and
+    the web server processes MLflow starts with it)."""
+    import os
+    import signal
     import subprocess
 
     uri = _uri(tracking_uri)
@@ -328,10 +331,21 @@ def ui(
         raise MedsegError("no MLflow store here yet (train or sweep first, or pass --tracking-uri)", uri)
     console.print(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C stops it)")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, start_new_session=True)  # its own process group: mlflow ui and its uvicorn
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    code = 130
     try:
-        raise typer.Exit(subprocess.call(cmd))
+        code = proc.wait()
     except KeyboardInterrupt:
-        raise typer.Exit(130) from None
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)  # the whole group: `mlflow ui` does not stop its server itself
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    raise typer.Exit(code)
 
 
 def main() -> None:

@@ -60,6 +60,9 @@ def ui_server(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        time.sleep(1)
+        with pytest.raises(OSError):  # SIGTERM to `medseg ui` stopped MLflow's web server too
+            urllib.request.urlopen(url + "/health", timeout=2)
 
 
 def test_the_dashboard_lists_the_sweep_runs_with_norm_and_dice(ui_server, tmp_path):
