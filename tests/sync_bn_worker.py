@@ -22,6 +22,6 @@ if __name__ == "__main__":
     dist.barrier()
     dist.destroy_process_group()
     # Both ranks have saved their results. Skip interpreter teardown: gloo's worker threads can abort
-    # the process there ("terminate called without an active exception", seen once in ~10 CI runs).
+    # the process there ("terminate called without an active exception", seen once in a fresh-clone CI run).
     sys.stdout.flush()
     os._exit(0)
