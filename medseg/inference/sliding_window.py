@@ -3,6 +3,7 @@ optional mirroring test-time augmentation."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 
 import torch
@@ -16,9 +17,10 @@ def make_inferer(patch_size, overlap: float = 0.5, sw_batch_size: int = 4) -> Sl
                                 mode="gaussian", sigma_scale=0.125, padding_mode="constant")
 
 
+@functools.cache
 def native_cpu_bf16() -> bool:
     """True where this CPU computes bf16 natively (x86 AVX512-BF16 or AMX, as PyTorch detects them);
-    elsewhere bf16 autocast is emulated and slower than float32."""
+    elsewhere bf16 autocast is emulated and slower than float32. Asked once per process."""
     try:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):

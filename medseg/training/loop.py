@@ -5,8 +5,8 @@ import time
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
 from monai.losses import DiceCELoss
+from monai.utils import convert_to_tensor
 
 from medseg.evaluation import per_class_metrics, summarize
 from medseg.inference.sliding_window import autocast, predict_probabilities
@@ -28,8 +28,43 @@ def deep_supervision_loss(loss_fn, output: torch.Tensor, target: torch.Tensor) -
     return sum(w * loss_fn(h, target) for w, h in zip(weights, heads)) / sum(weights)
 
 
-def _plain(x: torch.Tensor) -> torch.Tensor:
-    return x.as_tensor() if isinstance(x, MetaTensor) else x
+def training_step(network, image: torch.Tensor, label: torch.Tensor, loss_fn, optimizer, *, device: torch.device,
+                  amp: str = "none", scaler: torch.amp.GradScaler | None = None,
+                  grad_clip: float | None = None) -> torch.Tensor:
+    """One optimization step on a batch already on ``device``: forward under autocast (see
+    :func:`~medseg.inference.sliding_window.effective_amp`), Dice+CE in float32 (over the
+    deep-supervision heads if any), backward (scaled when ``scaler`` is given, for fp16), optional
+    gradient-norm clipping, optimizer step.
+
+    Args:
+        image: (N, C, D, H, W); label: (N, 1, D, H, W) class indices.
+
+    Returns:
+        the loss (0-dim float32 tensor; ``.item()`` reads it).
+
+    Raises:
+        FloatingPointError: the loss is NaN or infinite.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(device, amp):
+        output = network(image)
+    loss = deep_supervision_loss(loss_fn, output.float(), label)  # softmax, Dice and CE in float32
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"training loss is {loss.item()} at learning rate "
+                                 f"{optimizer.param_groups[0]['lr']:.3g}; lower train.lr or enable grad_clip")
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(network.parameters(), grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return loss
 
 
 def train_epoch(network, loader, loss_fn, optimizer, scheduler, *, device: torch.device, amp: str = "none",
@@ -69,28 +104,12 @@ def train_epoch(network, loader, loss_fn, optimizer, scheduler, *, device: torch
         label = batch["label"].to(device, non_blocking=True)
         if device_augment is not None:
             image, label = device_augment(image, label, batch["index"].tolist())
-        image, label = _plain(image), _plain(label)  # MONAI MetaTensor -> tensor: no per-op metadata work,
-        if channels_last:                            # nothing for torch.compile to trace through
+        # MONAI MetaTensor -> plain tensor: no per-op metadata work, nothing for torch.compile to trace through
+        image, label = convert_to_tensor(image, track_meta=False), convert_to_tensor(label, track_meta=False)
+        if channels_last:
             image = image.contiguous(memory_format=torch.channels_last_3d)
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(device, amp):
-            output = network(image)
-        loss = deep_supervision_loss(loss_fn, output.float(), label)  # softmax, Dice and CE in float32
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss.item()} at learning rate "
-                                     f"{optimizer.param_groups[0]['lr']:.3g}; lower train.lr or enable grad_clip")
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(network.parameters(), grad_clip)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        loss = training_step(network, image, label, loss_fn, optimizer, device=device, amp=amp, scaler=scaler,
+                             grad_clip=grad_clip)
         scheduler.step()
         losses.append(loss.item())
         done += 1

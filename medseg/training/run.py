@@ -180,8 +180,9 @@ def _run(cfg: Config, resume_dir: Path | None, device: torch.device, info: dist.
         run_dir, run_id = dist.broadcast(None, info)
         tracker = _NoTracker(run_id)
     else:
+        amp = effective_amp(device, cfg.train.amp)  # what runs: bf16 on CPU only where it is native
         tags = {"norm": m.norm, "batch_size": cfg.train.batch_size, "fold": cfg.data.fold, "dataset": spec.name,
-                "seed": cfg.seed, "world_size": info.world_size, "amp": effective_amp(device, cfg.train.amp),
+                "seed": cfg.seed, "world_size": info.world_size, "amp": amp,
                 **cfg.tracking.tags}
         if m.norm == "batch" and info.enabled:
             tags["sync_bn"] = cfg.train.sync_bn
@@ -195,7 +196,7 @@ def _run(cfg: Config, resume_dir: Path | None, device: torch.device, info: dist.
         dist.broadcast((run_dir, tracker.run_id), info)
         log(f"run {run_name}: {len(train_items)} training / {len(val_items)} validation cases, patch "
             f"{plan.patch_size}, spacing {tuple(round(s, 3) for s in plan.target_spacing)} mm, norm {m.norm}, "
-            f"device {device}, autocast {effective_amp(device, cfg.train.amp)}" + (f", {info.world_size} processes (DDP)" if info.enabled else ""))
+            f"device {device}, autocast {amp}" + (f", {info.world_size} processes (DDP)" if info.enabled else ""))
         log(f"MLflow run {tracker.run_id} in {tracker.uri}")
     try:
         if state is None and info.is_main:
@@ -300,7 +301,8 @@ def _fit(cfg: Config, plan, net_spec, network, device, train_items, val_items, r
     workers = cfg.data.num_workers
     sampler = EpochSampler()  # one loader for the run: persistent workers keep their cached volumes
     loader = DataLoader(stream, batch_size=t.batch_size, sampler=sampler, num_workers=workers,
-                        pin_memory=device.type == "cuda", persistent_workers=workers > 0 and cfg.data.persistent_workers)
+                        pin_memory=device.type == "cuda",
+                        persistent_workers=workers > 0 and cfg.data.persistent_workers)
     loss_fn = dice_ce_loss()
     optimizer = build_optimizer(network.parameters(), t.optimizer, t.lr, t.momentum, t.weight_decay)
     total = t.epochs * t.iterations_per_epoch

@@ -9,8 +9,7 @@ import time
 
 import torch
 
-from medseg.inference.sliding_window import autocast
-from medseg.training.loop import deep_supervision_loss, dice_ce_loss
+from medseg.training.loop import dice_ce_loss, training_step
 from medseg.training.optim import build_optimizer
 
 
@@ -45,17 +44,7 @@ def time_training_step(network: torch.nn.Module, patch_size: tuple[int, int, int
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" and device.type == "cuda" else None
 
     def step():
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(device, amp):
-            output = model(image)
-        loss = deep_supervision_loss(loss_fn, output.float(), label)
-        if scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        training_step(model, image, label, loss_fn, optimizer, device=device, amp=amp, scaler=scaler)
 
     for _ in range(warmup):
         step()
