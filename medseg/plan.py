@@ -45,6 +45,11 @@ class Plan:
         return max(self.labels) + 1
 
     @property
+    def foreground_labels(self) -> dict[int, str]:
+        """Label value -> name without background (0)."""
+        return {k: v for k, v in self.labels.items() if k}
+
+    @property
     def in_channels(self) -> int:
         """Network input channels: one per modality."""
         return len(self.modality)

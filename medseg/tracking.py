@@ -144,3 +144,21 @@ class Tracker:
     def end(self, status: str = "FINISHED") -> None:
         """Mark the run ``FINISHED``, ``FAILED`` or ``KILLED``."""
         self.client.set_terminated(self.run_id, status)
+
+
+class RankTracker:
+    """The tracker of a DDP rank other than 0: knows the run's id, logs nothing (rank 0 logs for all).
+
+    Has :class:`Tracker`'s methods; ``has_metric`` answers True so a resuming rank never re-logs.
+    """
+
+    uri = "(rank 0 logs)"
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+
+    def has_metric(self, key: str, step: int) -> bool:
+        return True
+
+    def __getattr__(self, name):  # log_metrics, log_params, set_tags, log_artifact(s), end
+        return lambda *args, **kwargs: None

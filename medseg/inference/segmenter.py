@@ -65,7 +65,7 @@ class Segmenter:
     def __init__(self, predictor: Predictor, largest_component: bool = False):
         self.predictor = predictor
         self.plan = predictor.plan
-        self.label_names = {k: v for k, v in self.plan.labels.items() if k}
+        self.label_names = self.plan.foreground_labels
         self._lcc = KeepLargestConnectedComponent(applied_labels=list(self.label_names), independent=True) \
             if largest_component else None
 

@@ -32,7 +32,7 @@ from medseg.models.norms import batch_statistics
 from medseg.plan import make_plan
 from medseg.plots import learning_curve, overlay_slices
 from medseg.progress import ProgressFn, silent
-from medseg.tracking import Tracker, resolve_tracking_uri
+from medseg.tracking import RankTracker, Tracker, resolve_tracking_uri
 from medseg.training import distributed as dist
 from medseg.training.checkpoint import load_checkpoint, save_checkpoint
 from medseg.training.loop import dice_ce_loss, train_epoch, validate
@@ -165,7 +165,6 @@ def _run(cfg: Config, resume_dir: Path | None, device: torch.device, info: dist.
     train_items = [by_id[i] for i in split["train"]]
     val_items = [by_id[i] for i in split["val"]]
 
-    uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
     state = None
     if resume_dir is not None:
         try:
@@ -173,31 +172,8 @@ def _run(cfg: Config, resume_dir: Path | None, device: torch.device, info: dist.
         except Exception as e:
             raise MedsegError(f"checkpoint cannot be loaded ({type(e).__name__}: {str(e)[:200]})",
                               resume_dir / "checkpoints" / "last.pt") from None
-        run_dir = resume_dir
-        tracker = Tracker.attach(uri, state["mlflow_run_id"]) if info.is_main else _NoTracker(state["mlflow_run_id"])
-        log(f"MLflow run {tracker.run_id} in {tracker.uri} (resumed)")
-    elif not info.is_main:
-        run_dir, run_id = dist.broadcast(None, info)
-        tracker = _NoTracker(run_id)
-    else:
-        amp = effective_amp(device, cfg.train.amp)  # what runs: bf16 on CPU only where it is native
-        tags = {"norm": m.norm, "batch_size": cfg.train.batch_size, "fold": cfg.data.fold, "dataset": spec.name,
-                "seed": cfg.seed, "world_size": info.world_size, "amp": amp,
-                **cfg.tracking.tags}
-        if m.norm == "batch" and info.enabled:
-            tags["sync_bn"] = cfg.train.sync_bn
-        if cfg.tracking.parent_run_id:
-            tags["mlflow.parentRunId"] = cfg.tracking.parent_run_id
-        run_name = cfg.tracking.run_name or (f"{_slug(spec.name)}_{m.norm}_bs{cfg.train.batch_size}_fold"
-                                             f"{cfg.data.fold}_{time.strftime('%Y%m%d-%H%M%S')}")
-        run_dir = Path(cfg.output_dir).resolve() / run_name
-        tracker = Tracker(uri, cfg.tracking.experiment, run_name, {**tags, "medseg.run_dir": str(run_dir)})
-        run_dir.mkdir(parents=True, exist_ok=False)
-        dist.broadcast((run_dir, tracker.run_id), info)
-        log(f"run {run_name}: {len(train_items)} training / {len(val_items)} validation cases, patch "
-            f"{plan.patch_size}, spacing {tuple(round(s, 3) for s in plan.target_spacing)} mm, norm {m.norm}, "
-            f"device {device}, autocast {amp}" + (f", {info.world_size} processes (DDP)" if info.enabled else ""))
-        log(f"MLflow run {tracker.run_id} in {tracker.uri}")
+    run_dir, tracker = _open_run(cfg, spec.name, plan, device, info, resume_dir, state, log,
+                                 f"{len(train_items)} training / {len(val_items)} validation cases")
     try:
         if state is None and info.is_main:
             _record_inputs(cfg, plan, fingerprint, split, run_dir, tracker)
@@ -208,6 +184,39 @@ def _run(cfg: Config, resume_dir: Path | None, device: torch.device, info: dist.
         raise
     tracker.end("FINISHED")
     return result
+
+
+def _open_run(cfg: Config, dataset: str, plan, device: torch.device, info: dist.DistInfo, resume_dir: Path | None,
+              state: dict | None, log: Log, cases: str) -> tuple[Path, Tracker | RankTracker]:
+    """The run folder and its MLflow run: the resumed run's (``state`` from its last checkpoint), a new
+    one (rank 0, which broadcasts it), or rank 0's (other ranks, which log nothing)."""
+    uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
+    if state is not None:
+        tracker = Tracker.attach(uri, state["mlflow_run_id"]) if info.is_main else RankTracker(state["mlflow_run_id"])
+        log(f"MLflow run {tracker.run_id} in {tracker.uri} (resumed)")
+        return resume_dir, tracker
+    if not info.is_main:
+        run_dir, run_id = dist.broadcast(None, info)
+        return run_dir, RankTracker(run_id)
+    m = cfg.model
+    amp = effective_amp(device, cfg.train.amp)  # what runs: bf16 on CPU only where it is native
+    tags = {"norm": m.norm, "batch_size": cfg.train.batch_size, "fold": cfg.data.fold, "dataset": dataset,
+            "seed": cfg.seed, "world_size": info.world_size, "amp": amp, **cfg.tracking.tags}
+    if m.norm == "batch" and info.enabled:
+        tags["sync_bn"] = cfg.train.sync_bn
+    if cfg.tracking.parent_run_id:
+        tags["mlflow.parentRunId"] = cfg.tracking.parent_run_id
+    run_name = cfg.tracking.run_name or (f"{_slug(dataset)}_{m.norm}_bs{cfg.train.batch_size}_fold"
+                                         f"{cfg.data.fold}_{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = Path(cfg.output_dir).resolve() / run_name
+    tracker = Tracker(uri, cfg.tracking.experiment, run_name, {**tags, "medseg.run_dir": str(run_dir)})
+    run_dir.mkdir(parents=True, exist_ok=False)
+    dist.broadcast((run_dir, tracker.run_id), info)
+    log(f"run {run_name}: {cases}, patch {plan.patch_size}, spacing "
+        f"{tuple(round(s, 3) for s in plan.target_spacing)} mm, norm {m.norm}, device {device}, autocast {amp}"
+        + (f", {info.world_size} processes (DDP)" if info.enabled else ""))
+    log(f"MLflow run {tracker.run_id} in {tracker.uri}")
+    return run_dir, tracker
 
 
 def _record_inputs(cfg: Config, plan, fingerprint: dict, split: dict, run_dir: Path, tracker: Tracker) -> None:
@@ -246,21 +255,6 @@ def _datasets(cfg: Config, plan, train_items, val_items, progress, world_size: i
     return stream, val
 
 
-class _NoTracker:
-    """What ranks other than 0 log to: nothing."""
-
-    uri = "(rank 0 logs)"
-
-    def __init__(self, run_id: str):
-        self.run_id = run_id
-
-    def has_metric(self, key: str, step: int) -> bool:
-        return True
-
-    def __getattr__(self, name):  # log_metrics, log_params, set_tags, log_artifact(s), end
-        return lambda *args, **kwargs: None
-
-
 def _validate(network, val_volumes, inferer, plan, amp: str, info: dist.DistInfo, **kwargs) -> dict:
     """:func:`validate` with the volumes sharded over ranks; every rank gets the metrics of all cases."""
     val = validate(network, val_volumes[info.rank::info.world_size], inferer, num_classes=plan.num_classes,
@@ -278,17 +272,98 @@ def _batch_stats_validation(network, val_volumes, inferer, plan, amp: str, dice_
     instead of running averages; returns that Dice and the gap ``batch-stats - running-stats``."""
     with batch_statistics(network):
         val = _validate(network, val_volumes, inferer, plan, amp, info, tta=tta)
-    dice = float(np.mean([val["per_class"][k]["dice"] for k in plan.labels if k]))
+    dice = float(np.mean([val["per_class"][k]["dice"] for k in plan.foreground_labels]))
     return {"val_dice_mean_batch_stats": dice, "bn_batch_stats_gap": dice - dice_running}
+
+
+def _validation_metrics(network, val_volumes, inferer, plan, amp: str, info: dist.DistInfo, batch_stats: bool,
+                        progress: ProgressFn) -> dict[str, float]:
+    """An epoch's validation: ``val_dice_<label>`` per foreground class, ``val_dice_mean``, the
+    batch-statistics Dice and gap when ``batch_stats``, and ``validation_seconds`` (wall time)."""
+    v0 = time.perf_counter()
+    val = _validate(network, val_volumes, inferer, plan, amp, info, progress=progress)
+    fg_labels = plan.foreground_labels
+    row = {f"val_dice_{name}": val["per_class"][k]["dice"] for k, name in fg_labels.items()}
+    row["val_dice_mean"] = float(np.mean([val["per_class"][k]["dice"] for k in fg_labels]))
+    if batch_stats:
+        row.update(_batch_stats_validation(network, val_volumes, inferer, plan, amp, row["val_dice_mean"], info))
+    row["validation_seconds"] = time.perf_counter() - v0
+    return row
 
 
 class TrainingInterrupted(MedsegError):
     """SIGTERM/SIGINT arrived: a checkpoint was saved and the run can be resumed."""
 
 
+def _finish(cfg: Config, plan, net_spec: NetworkSpec, network, val_volumes, inferer, amp: str, info: dist.DistInfo,
+            run_dir: Path, tracker: Tracker | RankTracker, history: list[dict], best: float, best_epoch: int,
+            progress: ProgressFn) -> TrainingResult:
+    """The end of a run, with the best weights loaded: final validation (HD95, TTA if configured),
+    summary metrics, learning curve and validation-slice plots, per-case JSON, model directory."""
+    fg_labels = plan.foreground_labels
+    batch_stats = cfg.validation.batch_stats and net_spec.norm == "batch"
+    final = _validate(network, val_volumes, inferer, plan, amp, info, hd95=cfg.validation.hd95, progress=progress,
+                      keep_first=True, tta=cfg.validation.tta)
+    val_dice = {name: final["per_class"][k]["dice"] for k, name in fg_labels.items()}
+    val_hd95 = {name: final["per_class"][k]["hd95"] for k, name in fg_labels.items()}
+    summary = {f"best_val_dice_{n}": d for n, d in val_dice.items()}
+    summary.update({f"best_val_hd95_{n}": h for n, h in val_hd95.items()})
+    summary["best_val_dice_mean"] = float(np.mean(list(val_dice.values())))
+    hd = [h for h in val_hd95.values() if math.isfinite(h)]
+    if hd:
+        summary["best_val_hd95_mean"] = float(np.mean(hd))
+    if batch_stats:
+        gap = _batch_stats_validation(network, val_volumes, inferer, plan, amp, summary["best_val_dice_mean"],
+                                      info, tta=cfg.validation.tta)
+        summary.update({f"best_{k}": v for k, v in gap.items()})
+    if not info.is_main:
+        return TrainingResult(run_id=tracker.run_id, run_dir=run_dir, model_dir=run_dir / "model", best_dice=best,
+                              best_epoch=best_epoch, val_dice=val_dice, val_hd95=val_hd95, history=history)
+    tracker.log_metrics(summary, step=best_epoch)
+    tracker.set_tags({"best_epoch": best_epoch})
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    learning_curve(history, plots / "learning_curve.png", plan.labels)
+    if final["first"] is not None:
+        img, ref, pred = final["first"]
+        overlay_slices(img, ref, pred, plots / "validation_slices.png",
+                       title=f"{final['cases'][0]['case_id']}: reference (left) vs prediction (right)")
+    tracker.log_artifacts(plots, "plots")
+    (run_dir / "validation_cases.json").write_text(json.dumps(final["cases"], indent=1, default=float))
+    tracker.log_artifact(run_dir / "validation_cases.json")
+    model_dir = save_model_dir(run_dir / "model", network, plan, net_spec, extra={
+        "mlflow_run_id": tracker.run_id, "best_epoch": best_epoch, "validation": summary,
+        "sliding_window": {"overlap": cfg.validation.overlap, "sw_batch_size": cfg.validation.sw_batch_size}})
+    tracker.log_artifacts(model_dir, "model")
+    return TrainingResult(run_id=tracker.run_id, run_dir=run_dir, model_dir=model_dir, best_dice=best,
+                          best_epoch=best_epoch, val_dice=val_dice, val_hd95=val_hd95, history=history)
+
+
+def _restore(state: dict, network, optimizer, scheduler, scaler, tracker: Tracker | RankTracker) -> tuple:
+    """Load a last checkpoint's weights and optimizer, scheduler and scaler states in place, and log
+    its epoch's metrics if the interrupted run had not logged them yet.
+
+    Returns:
+        (best mean Dice, best epoch, history, next epoch, next iteration in it, that epoch's losses so far)
+    """
+    network.load_state_dict(state["network"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    history = list(state["history"])
+    if history and not tracker.has_metric("train_loss", history[-1]["epoch"]):
+        tracker.log_metrics({k: v for k, v in history[-1].items() if k != "epoch"}, step=history[-1]["epoch"])
+    return (state["best_val_dice_mean"], state["best_epoch"], history, state["next_epoch"], state["next_iteration"],
+            list(state["epoch_losses"]))
+
+
 def _fit(cfg: Config, plan, net_spec, network, device, train_items, val_items, run_dir: Path, tracker: Tracker,
          progress: ProgressFn, log: Log, state: dict | None = None,
          info: dist.DistInfo = dist.DistInfo()) -> TrainingResult:
+    """Build the data, loader, optimizer and schedule, run the epochs (resuming from ``state``, a
+    last checkpoint, when given), validate every ``validation.every_n_epochs``, keep ``last.pt`` and
+    ``best.pt`` and log each epoch's metrics; then :func:`_finish` with the best weights."""
     t = cfg.train
     if t.channels_last:
         network.to(memory_format=torch.channels_last_3d)
@@ -298,11 +373,10 @@ def _fit(cfg: Config, plan, net_spec, network, device, train_items, val_items, r
     if t.compile:  # training forward only; validation runs the eager network (other window batch shapes)
         model = torch.compile(model)
     device_augment = DeviceAugmentation(stream) if cfg.augment.on_device else None
-    workers = cfg.data.num_workers
     sampler = EpochSampler()  # one loader for the run: persistent workers keep their cached volumes
+    workers = cfg.data.num_workers
     loader = DataLoader(stream, batch_size=t.batch_size, sampler=sampler, num_workers=workers,
-                        pin_memory=device.type == "cuda",
-                        persistent_workers=workers > 0 and cfg.data.persistent_workers)
+                        pin_memory=device.type == "cuda", persistent_workers=workers > 0 and cfg.data.persistent_workers)
     loss_fn = dice_ce_loss()
     optimizer = build_optimizer(network.parameters(), t.optimizer, t.lr, t.momentum, t.weight_decay)
     total = t.epochs * t.iterations_per_epoch
@@ -310,22 +384,14 @@ def _fit(cfg: Config, plan, net_spec, network, device, train_items, val_items, r
     amp = effective_amp(device, t.amp)  # bf16 also on CPUs that compute it natively
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
     inferer = make_inferer(plan.patch_size, cfg.validation.overlap, cfg.validation.sw_batch_size)
-    fg_labels = {k: v for k, v in plan.labels.items() if k}
+    fg_labels = plan.foreground_labels
     ckpt_dir = run_dir / "checkpoints"
     batch_stats = cfg.validation.batch_stats and net_spec.norm == "batch"
     history: list[dict] = []
     best, best_epoch, start_epoch, start_iteration, epoch_losses = -1.0, -1, 0, 0, []
     if state is not None:
-        network.load_state_dict(state["network"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        best, best_epoch, history = state["best_val_dice_mean"], state["best_epoch"], list(state["history"])
-        start_epoch, start_iteration = state["next_epoch"], state["next_iteration"]
-        epoch_losses = list(state["epoch_losses"])
-        if history and not tracker.has_metric("train_loss", history[-1]["epoch"]):
-            tracker.log_metrics({k: v for k, v in history[-1].items() if k != "epoch"}, step=history[-1]["epoch"])
+        best, best_epoch, history, start_epoch, start_iteration, epoch_losses = _restore(
+            state, network, optimizer, scheduler, scaler, tracker)
         log(f"resuming at epoch {start_epoch + 1}, iteration {start_iteration}")
 
     def save_last(next_epoch: int, next_iteration: int, losses: list[float]) -> None:
@@ -382,15 +448,7 @@ def _fit(cfg: Config, plan, net_spec, network, device, train_items, val_items, r
                    "peak_memory_mb": peak_memory_mb(device)}
             last_epoch = epoch == t.epochs - 1
             if (epoch + 1) % cfg.validation.every_n_epochs == 0 or last_epoch:
-                v0 = time.perf_counter()
-                val = _validate(network, val_volumes, inferer, plan, amp, info, progress=progress)
-                for k, name in fg_labels.items():
-                    row[f"val_dice_{name}"] = val["per_class"][k]["dice"]
-                row["val_dice_mean"] = float(np.mean([val["per_class"][k]["dice"] for k in fg_labels]))
-                if batch_stats:
-                    row.update(_batch_stats_validation(network, val_volumes, inferer, plan, amp, row["val_dice_mean"],
-                                                       info))
-                row["validation_seconds"] = time.perf_counter() - v0
+                row.update(_validation_metrics(network, val_volumes, inferer, plan, amp, info, batch_stats, progress))
                 if row["val_dice_mean"] > best:
                     best, best_epoch = row["val_dice_mean"], epoch
                     if info.is_main:
@@ -408,41 +466,7 @@ def _fit(cfg: Config, plan, net_spec, network, device, train_items, val_items, r
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
 
-    # --- final: best model, HD95, plots, model directory
     dist.barrier(info)  # best.pt is written by rank 0 (the run folder must be on a shared filesystem)
     network.load_state_dict(load_checkpoint(ckpt_dir / "best.pt", map_location=device)["network"])
-    final = _validate(network, val_volumes, inferer, plan, amp, info, hd95=cfg.validation.hd95, progress=progress,
-                      keep_first=True, tta=cfg.validation.tta)
-    val_dice = {name: final["per_class"][k]["dice"] for k, name in fg_labels.items()}
-    val_hd95 = {name: final["per_class"][k]["hd95"] for k, name in fg_labels.items()}
-    summary = {f"best_val_dice_{n}": d for n, d in val_dice.items()}
-    summary.update({f"best_val_hd95_{n}": h for n, h in val_hd95.items()})
-    summary["best_val_dice_mean"] = float(np.mean(list(val_dice.values())))
-    hd = [h for h in val_hd95.values() if math.isfinite(h)]
-    if hd:
-        summary["best_val_hd95_mean"] = float(np.mean(hd))
-    if batch_stats:
-        gap = _batch_stats_validation(network, val_volumes, inferer, plan, amp, summary["best_val_dice_mean"],
-                                      info, tta=cfg.validation.tta)
-        summary.update({f"best_{k}": v for k, v in gap.items()})
-    if not info.is_main:
-        return TrainingResult(run_id=tracker.run_id, run_dir=run_dir, model_dir=run_dir / "model", best_dice=best,
-                              best_epoch=best_epoch, val_dice=val_dice, val_hd95=val_hd95, history=history)
-    tracker.log_metrics(summary, step=best_epoch)
-    tracker.set_tags({"best_epoch": best_epoch})
-    plots = run_dir / "plots"
-    plots.mkdir(exist_ok=True)
-    learning_curve(history, plots / "learning_curve.png", plan.labels)
-    if final["first"] is not None:
-        img, ref, pred = final["first"]
-        overlay_slices(img, ref, pred, plots / "validation_slices.png",
-                       title=f"{final['cases'][0]['case_id']}: reference (left) vs prediction (right)")
-    tracker.log_artifacts(plots, "plots")
-    (run_dir / "validation_cases.json").write_text(json.dumps(final["cases"], indent=1, default=float))
-    tracker.log_artifact(run_dir / "validation_cases.json")
-    model_dir = save_model_dir(run_dir / "model", network, plan, net_spec, extra={
-        "mlflow_run_id": tracker.run_id, "best_epoch": best_epoch, "validation": summary,
-        "sliding_window": {"overlap": cfg.validation.overlap, "sw_batch_size": cfg.validation.sw_batch_size}})
-    tracker.log_artifacts(model_dir, "model")
-    return TrainingResult(run_id=tracker.run_id, run_dir=run_dir, model_dir=model_dir, best_dice=best,
-                          best_epoch=best_epoch, val_dice=val_dice, val_hd95=val_hd95, history=history)
+    return _finish(cfg, plan, net_spec, network, val_volumes, inferer, amp, info, run_dir, tracker, history, best,
+                   best_epoch, progress)
