@@ -13,10 +13,10 @@ def test_shipped_configs_validate():
 
 def test_overrides_are_typed():
     cfg = load_config(ROOT / "configs/hippocampus.yaml",
-                      ["train.lr=0.001", "model.norm=group", "sampling.patch_size=[32,48,32]", "train.amp=none"])
-    assert cfg.train.lr == 0.001 and cfg.model.norm == "group"
+                      ["train.lr=0.02", "model.norm=group", "sampling.patch_size=[32,48,32]", "train.amp=none"])
+    assert cfg.train.lr == 0.02 and cfg.model.norm == "group"
     assert cfg.sampling.patch_size == (32, 48, 32)
-    assert flatten(cfg)["train.lr"] == "0.001"
+    assert flatten(cfg)["train.lr"] == "0.02"
 
 
 @pytest.mark.parametrize("override, needle", [
