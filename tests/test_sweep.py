@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from conftest import ROOT, SAMPLE
 from medseg.cli import app
+from medseg.config import load_config
 from medseg.errors import ConfigError
 from medseg.study.report import build_report
 from medseg.study.sweep import SweepSpec, child_iterations, scaled_lr
@@ -56,7 +57,8 @@ def test_one_parent_and_a_child_per_cell_with_tags_params_metrics(sweep):
         assert p["model.norm"] == t["norm"]
         # same samples for every run (6 patches): 6 iterations at batch 1, 3 at batch 2 (2 epochs, rounded up)
         assert int(p["train.epochs"]) * int(p["train.iterations_per_epoch"]) == {1: 6, 2: 4}[bs]
-        assert math.isclose(float(p["train.lr"]), 0.01 * math.sqrt(bs / 2))  # demo.yaml: lr 0.01 at batch 2
+        base = load_config(ROOT / "configs/demo.yaml").train  # the sweep's base config
+        assert math.isclose(float(p["train.lr"]), base.lr * math.sqrt(bs / base.batch_size))
         for key in ("best_val_dice_mean", "seconds_per_iteration", "patches_per_second", "peak_memory_mb",
                     "train_loss", "best_val_dice_Anterior", "best_val_dice_Posterior"):
             assert key in m and math.isfinite(m[key]), key
