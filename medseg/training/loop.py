@@ -9,7 +9,7 @@ from monai.losses import DiceCELoss
 from monai.utils import convert_to_tensor
 
 from medseg.evaluation import per_class_metrics, summarize
-from medseg.inference.sliding_window import autocast, predict_probabilities
+from medseg.inference.sliding_window import autocast, effective_amp, predict_probabilities
 from medseg.progress import ProgressFn, silent
 
 
@@ -26,6 +26,12 @@ def deep_supervision_loss(loss_fn, output: torch.Tensor, target: torch.Tensor) -
     heads = output.unbind(1)
     weights = [0.5**i for i in range(len(heads))]
     return sum(w * loss_fn(h, target) for w, h in zip(weights, heads)) / sum(weights)
+
+
+def grad_scaler(device: torch.device | str, amp: str) -> torch.amp.GradScaler | None:
+    """The loss scaler fp16 autocast needs (CUDA only; see
+    :func:`~medseg.inference.sliding_window.effective_amp`); ``None`` for bf16 and float32."""
+    return torch.amp.GradScaler("cuda") if effective_amp(device, amp) == "fp16" else None
 
 
 def training_step(network, image: torch.Tensor, label: torch.Tensor, loss_fn, optimizer, *, device: torch.device,

@@ -35,7 +35,7 @@ from medseg.progress import ProgressFn, silent
 from medseg.tracking import RankTracker, Tracker, resolve_tracking_uri
 from medseg.training import distributed as dist
 from medseg.training.checkpoint import load_checkpoint, save_checkpoint
-from medseg.training.loop import dice_ce_loss, train_epoch, validate
+from medseg.training.loop import dice_ce_loss, grad_scaler, train_epoch, validate
 from medseg.training.optim import build_optimizer, build_scheduler, poly_lr_factor
 from medseg.training.sampling import DeviceAugmentation, EpochPatchStream, EpochSampler
 
@@ -172,13 +172,14 @@ def _run(cfg: Config, resume_dir: Path | None, device: torch.device, info: dist.
         except Exception as e:
             raise MedsegError(f"checkpoint cannot be loaded ({type(e).__name__}: {str(e)[:200]})",
                               resume_dir / "checkpoints" / "last.pt") from None
-    run_dir, tracker = _open_run(cfg, spec.name, plan, device, info, resume_dir, state, log,
+    amp = effective_amp(device, cfg.train.amp)  # what runs: bf16 on CPU only where it is native
+    run_dir, tracker = _open_run(cfg, spec.name, plan, device, amp, info, resume_dir, state, log,
                                  f"{len(train_items)} training / {len(val_items)} validation cases")
     try:
         if state is None and info.is_main:
             _record_inputs(cfg, plan, fingerprint, split, run_dir, tracker)
-        result = _fit(cfg, plan, net_spec, network, device, train_items, val_items, run_dir, tracker, progress, log,
-                      state, info)
+        result = _fit(cfg, plan, net_spec, network, device, amp, train_items, val_items, run_dir, tracker, progress,
+                      log, state, info)
     except BaseException as e:
         tracker.end("KILLED" if isinstance(e, (KeyboardInterrupt, TrainingInterrupted)) else "FAILED")
         raise
@@ -186,8 +187,8 @@ def _run(cfg: Config, resume_dir: Path | None, device: torch.device, info: dist.
     return result
 
 
-def _open_run(cfg: Config, dataset: str, plan, device: torch.device, info: dist.DistInfo, resume_dir: Path | None,
-              state: dict | None, log: Log, cases: str) -> tuple[Path, Tracker | RankTracker]:
+def _open_run(cfg: Config, dataset: str, plan, device: torch.device, amp: str, info: dist.DistInfo,
+              resume_dir: Path | None, state: dict | None, log: Log, cases: str) -> tuple[Path, Tracker | RankTracker]:
     """The run folder and its MLflow run: the resumed run's (``state`` from its last checkpoint), a new
     one (rank 0, which broadcasts it), or rank 0's (other ranks, which log nothing)."""
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
@@ -199,7 +200,6 @@ def _open_run(cfg: Config, dataset: str, plan, device: torch.device, info: dist.
         run_dir, run_id = dist.broadcast(None, info)
         return run_dir, RankTracker(run_id)
     m = cfg.model
-    amp = effective_amp(device, cfg.train.amp)  # what runs: bf16 on CPU only where it is native
     tags = {"norm": m.norm, "batch_size": cfg.train.batch_size, "fold": cfg.data.fold, "dataset": dataset,
             "seed": cfg.seed, "world_size": info.world_size, "amp": amp, **cfg.tracking.tags}
     if m.norm == "batch" and info.enabled:
@@ -266,13 +266,19 @@ def _validate(network, val_volumes, inferer, plan, amp: str, info: dist.DistInfo
             "cases": cases, "first": val["first"]}
 
 
+def _dice_by_label(val: dict, plan) -> tuple[dict[str, float], float]:
+    """Dice per foreground label name, and their mean, from a :func:`_validate` result."""
+    dice = {name: val["per_class"][k]["dice"] for k, name in plan.foreground_labels.items()}
+    return dice, float(np.mean(list(dice.values())))
+
+
 def _batch_stats_validation(network, val_volumes, inferer, plan, amp: str, dice_running: float,
                             info: dist.DistInfo, tta: bool = False) -> dict[str, float]:
     """Validate a batch-norm network again with batch statistics (of each sliding-window batch)
     instead of running averages; returns that Dice and the gap ``batch-stats - running-stats``."""
     with batch_statistics(network):
         val = _validate(network, val_volumes, inferer, plan, amp, info, tta=tta)
-    dice = float(np.mean([val["per_class"][k]["dice"] for k in plan.foreground_labels]))
+    dice = _dice_by_label(val, plan)[1]
     return {"val_dice_mean_batch_stats": dice, "bn_batch_stats_gap": dice - dice_running}
 
 
@@ -282,9 +288,8 @@ def _validation_metrics(network, val_volumes, inferer, plan, amp: str, info: dis
     batch-statistics Dice and gap when ``batch_stats``, and ``validation_seconds`` (wall time)."""
     v0 = time.perf_counter()
     val = _validate(network, val_volumes, inferer, plan, amp, info, progress=progress)
-    fg_labels = plan.foreground_labels
-    row = {f"val_dice_{name}": val["per_class"][k]["dice"] for k, name in fg_labels.items()}
-    row["val_dice_mean"] = float(np.mean([val["per_class"][k]["dice"] for k in fg_labels]))
+    dice, mean = _dice_by_label(val, plan)
+    row = {**{f"val_dice_{name}": d for name, d in dice.items()}, "val_dice_mean": mean}
     if batch_stats:
         row.update(_batch_stats_validation(network, val_volumes, inferer, plan, amp, row["val_dice_mean"], info))
     row["validation_seconds"] = time.perf_counter() - v0
@@ -297,18 +302,17 @@ class TrainingInterrupted(MedsegError):
 
 def _finish(cfg: Config, plan, net_spec: NetworkSpec, network, val_volumes, inferer, amp: str, info: dist.DistInfo,
             run_dir: Path, tracker: Tracker | RankTracker, history: list[dict], best: float, best_epoch: int,
-            progress: ProgressFn) -> TrainingResult:
+            batch_stats: bool, progress: ProgressFn) -> TrainingResult:
     """The end of a run, with the best weights loaded: final validation (HD95, TTA if configured),
-    summary metrics, learning curve and validation-slice plots, per-case JSON, model directory."""
-    fg_labels = plan.foreground_labels
-    batch_stats = cfg.validation.batch_stats and net_spec.norm == "batch"
+    summary metrics, learning curve and validation-slice plots, per-case JSON, model directory
+    (the outputs are written by rank 0)."""
     final = _validate(network, val_volumes, inferer, plan, amp, info, hd95=cfg.validation.hd95, progress=progress,
                       keep_first=True, tta=cfg.validation.tta)
-    val_dice = {name: final["per_class"][k]["dice"] for k, name in fg_labels.items()}
-    val_hd95 = {name: final["per_class"][k]["hd95"] for k, name in fg_labels.items()}
+    val_dice, mean_dice = _dice_by_label(final, plan)
+    val_hd95 = {name: final["per_class"][k]["hd95"] for k, name in plan.foreground_labels.items()}
     summary = {f"best_val_dice_{n}": d for n, d in val_dice.items()}
     summary.update({f"best_val_hd95_{n}": h for n, h in val_hd95.items()})
-    summary["best_val_dice_mean"] = float(np.mean(list(val_dice.values())))
+    summary["best_val_dice_mean"] = mean_dice
     hd = [h for h in val_hd95.values() if math.isfinite(h)]
     if hd:
         summary["best_val_hd95_mean"] = float(np.mean(hd))
@@ -316,25 +320,24 @@ def _finish(cfg: Config, plan, net_spec: NetworkSpec, network, val_volumes, infe
         gap = _batch_stats_validation(network, val_volumes, inferer, plan, amp, summary["best_val_dice_mean"],
                                       info, tta=cfg.validation.tta)
         summary.update({f"best_{k}": v for k, v in gap.items()})
-    if not info.is_main:
-        return TrainingResult(run_id=tracker.run_id, run_dir=run_dir, model_dir=run_dir / "model", best_dice=best,
-                              best_epoch=best_epoch, val_dice=val_dice, val_hd95=val_hd95, history=history)
-    tracker.log_metrics(summary, step=best_epoch)
-    tracker.set_tags({"best_epoch": best_epoch})
-    plots = run_dir / "plots"
-    plots.mkdir(exist_ok=True)
-    learning_curve(history, plots / "learning_curve.png", plan.labels)
-    if final["first"] is not None:
-        img, ref, pred = final["first"]
-        overlay_slices(img, ref, pred, plots / "validation_slices.png",
-                       title=f"{final['cases'][0]['case_id']}: reference (left) vs prediction (right)")
-    tracker.log_artifacts(plots, "plots")
-    (run_dir / "validation_cases.json").write_text(json.dumps(final["cases"], indent=1, default=float))
-    tracker.log_artifact(run_dir / "validation_cases.json")
-    model_dir = save_model_dir(run_dir / "model", network, plan, net_spec, extra={
-        "mlflow_run_id": tracker.run_id, "best_epoch": best_epoch, "validation": summary,
-        "sliding_window": {"overlap": cfg.validation.overlap, "sw_batch_size": cfg.validation.sw_batch_size}})
-    tracker.log_artifacts(model_dir, "model")
+    model_dir = run_dir / "model"
+    if info.is_main:
+        tracker.log_metrics(summary, step=best_epoch)
+        tracker.set_tags({"best_epoch": best_epoch})
+        plots = run_dir / "plots"
+        plots.mkdir(exist_ok=True)
+        learning_curve(history, plots / "learning_curve.png", plan.labels)
+        if final["first"] is not None:
+            img, ref, pred = final["first"]
+            overlay_slices(img, ref, pred, plots / "validation_slices.png",
+                           title=f"{final['cases'][0]['case_id']}: reference (left) vs prediction (right)")
+        tracker.log_artifacts(plots, "plots")
+        (run_dir / "validation_cases.json").write_text(json.dumps(final["cases"], indent=1, default=float))
+        tracker.log_artifact(run_dir / "validation_cases.json")
+        save_model_dir(model_dir, network, plan, net_spec, extra={
+            "mlflow_run_id": tracker.run_id, "best_epoch": best_epoch, "validation": summary,
+            "sliding_window": {"overlap": cfg.validation.overlap, "sw_batch_size": cfg.validation.sw_batch_size}})
+        tracker.log_artifacts(model_dir, "model")
     return TrainingResult(run_id=tracker.run_id, run_dir=run_dir, model_dir=model_dir, best_dice=best,
                           best_epoch=best_epoch, val_dice=val_dice, val_hd95=val_hd95, history=history)
 
@@ -358,7 +361,8 @@ def _restore(state: dict, network, optimizer, scheduler, scaler, tracker: Tracke
             list(state["epoch_losses"]))
 
 
-def _fit(cfg: Config, plan, net_spec, network, device, train_items, val_items, run_dir: Path, tracker: Tracker,
+def _fit(cfg: Config, plan, net_spec, network, device, amp: str, train_items, val_items, run_dir: Path,
+         tracker: Tracker | RankTracker,
          progress: ProgressFn, log: Log, state: dict | None = None,
          info: dist.DistInfo = dist.DistInfo()) -> TrainingResult:
     """Build the data, loader, optimizer and schedule, run the epochs (resuming from ``state``, a
@@ -381,8 +385,7 @@ def _fit(cfg: Config, plan, net_spec, network, device, train_items, val_items, r
     optimizer = build_optimizer(network.parameters(), t.optimizer, t.lr, t.momentum, t.weight_decay)
     total = t.epochs * t.iterations_per_epoch
     scheduler = build_scheduler(optimizer, total, t.warmup_epochs * t.iterations_per_epoch, t.poly_exponent)
-    amp = effective_amp(device, t.amp)  # bf16 also on CPUs that compute it natively
-    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+    scaler = grad_scaler(device, amp)
     inferer = make_inferer(plan.patch_size, cfg.validation.overlap, cfg.validation.sw_batch_size)
     fg_labels = plan.foreground_labels
     ckpt_dir = run_dir / "checkpoints"
@@ -469,4 +472,4 @@ def _fit(cfg: Config, plan, net_spec, network, device, train_items, val_items, r
     dist.barrier(info)  # best.pt is written by rank 0 (the run folder must be on a shared filesystem)
     network.load_state_dict(load_checkpoint(ckpt_dir / "best.pt", map_location=device)["network"])
     return _finish(cfg, plan, net_spec, network, val_volumes, inferer, amp, info, run_dir, tracker, history, best,
-                   best_epoch, progress)
+                   best_epoch, batch_stats, progress)

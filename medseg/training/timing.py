@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from medseg.training.loop import dice_ce_loss, training_step
+from medseg.training.loop import dice_ce_loss, grad_scaler, training_step
 from medseg.training.optim import build_optimizer
 
 
@@ -41,7 +41,7 @@ def time_training_step(network: torch.nn.Module, patch_size: tuple[int, int, int
     model = torch.compile(network) if compile else network
     loss_fn = dice_ce_loss()
     optimizer = build_optimizer(network.parameters(), "sgd", lr)
-    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" and device.type == "cuda" else None
+    scaler = grad_scaler(device, amp)
 
     def step():
         training_step(model, image, label, loss_fn, optimizer, device=device, amp=amp, scaler=scaler)
