@@ -67,16 +67,22 @@ def test_persistent_workers_device_augmentation_and_compile_train_the_same_run(t
     from medseg.training.run import run_training
 
     monkeypatch.chdir(tmp_path)
+    # float32 on both sides: the point is the patch stream, and bf16 autocast rounds compiled and
+    # eager kernels differently by ~1e-3 (bf16 has an 8-bit mantissa: 2^-8 = 3.9e-3 per op)
     base = [f"data.root={SAMPLE}", "train.epochs=2", "train.iterations_per_epoch=2", "validation.hd95=false",
-            "validation.every_n_epochs=2", "train.deterministic=true"]
+            "validation.every_n_epochs=2", "train.deterministic=true", "train.amp=none"]
     ref = run_training(load_config(ROOT / "configs/demo.yaml", [*base, "output_dir=ref"]))
     fast = run_training(load_config(ROOT / "configs/demo.yaml", [
         *base, "output_dir=fast", "data.num_workers=1", "data.persistent_workers=true", "augment.on_device=true",
         "train.compile=true"]))
     losses = [[h["train_loss"] for h in r.history] for r in (ref, fast)]
-    assert len(losses[0]) == 2 and losses[0][0] != losses[0][1]
-    # compiled kernels round differently (well under 1e-3); other patches would change the loss far more
-    assert losses[1] == pytest.approx(losses[0], rel=1e-3)
+    # In float32, compiled kernels differ from eager ones only in the order of reductions: a relative
+    # error of a few float32 ulps (1.2e-7) per op, grown over 4 optimizer steps to well under 1e-4.
+    # Other patches change the loss by percents: the two epochs' losses (other patches, 2 steps
+    # later) must differ by far more than the tolerance, or the comparison would prove nothing.
+    tol = 1e-4
+    assert len(losses[0]) == 2 and abs(losses[0][0] - losses[0][1]) > 100 * tol * abs(losses[0][0])
+    assert losses[1] == pytest.approx(losses[0], rel=tol)
 
 
 def test_compiled_training_step_matches_eager():
