@@ -13,6 +13,8 @@ from rich.table import Table
 
 from medseg import __version__
 from medseg.errors import MedsegError
+from medseg.models.norms import NORMS
+from medseg.study.rules import PLATEAU_DELTA
 from medseg.progress import rich_progress, silent
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -219,8 +221,7 @@ def sweep(
     config: Path = typer.Option(..., "--config", "-c", help="Base YAML config: fold, patch, augmentation, network "
                                 "and train.lr at train.batch_size apply to every run."),
     data: Path | None = typer.Option(None, "--data", "-d", help="MSD-layout dataset folder (overrides data.root)."),
-    norms: str = typer.Option("instance,group,batch", "--norms", help="Comma-separated: instance, group, layer, "
-                              "batch, none."),
+    norms: str = typer.Option(",".join(NORMS), "--norms", help="Comma-separated norms."),
     batch_sizes: str = typer.Option("1,2,3,4", "--batch-sizes", help="Comma-separated batch sizes."),
     seeds: int = typer.Option(2, "--seeds", min=1, help="Seeds per cell (0..N-1)."),
     budget_samples: int | None = typer.Option(None, "--budget-samples", min=1, help="Training patches per run "
@@ -239,6 +240,10 @@ def sweep(
                                            "definition, so rerunning the same command continues it)."),
     report_dir: Path | None = typer.Option(None, "--report-dir", help="Report folder (default: "
                                               "<output_dir>/sweeps/<id>/report)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Children run at once on this machine (one GPU each "
+                             "when there are GPUs, else the CPU threads split between them)."),
+    plateau_delta: float = typer.Option(PLATEAU_DELTA, "--plateau-delta", min=0.0, help="A child whose last "
+                                        "validation improved mean Dice by more than this is reported not converged."),
 ):
     """Train one model per (norm, batch size, seed) as child MLflow runs of one parent run, then report.
 
@@ -261,9 +266,10 @@ def sweep(
     spec = SweepSpec(norms=_csv(norms, str, "--norms"), batch_sizes=_csv(batch_sizes, int, "--batch-sizes"),
                      seeds=tuple(range(seeds)), budget=kind, budget_value=float(value), lr_rule=lr_rule,
                      evaluations=evaluations)
-    sid, parent_id, status = run_sweep(cfg, spec, sweep_id=sweep_id, log=console.print)
+    sid, parent_id, status = run_sweep(cfg, spec, sweep_id=sweep_id, log=console.print, jobs=jobs)
     folder = report_dir or Path(cfg.output_dir) / "sweeps" / sid / "report"
-    report = build_report(_uri(tracking_uri or cfg.tracking.tracking_uri), cfg.tracking.experiment, folder, sid)
+    report = build_report(_uri(tracking_uri or cfg.tracking.tracking_uri), cfg.tracking.experiment, folder, sid,
+                          plateau_delta=plateau_delta)
     out.print(_summary_table(report))
     out.print(f"sweep {sid}: parent MLflow run {parent_id}; report in {folder}")
     failed = {k: v for k, v in status.items() if v.startswith("failed")}
@@ -279,15 +285,18 @@ def _uri(uri: str | None) -> str:
 
 
 def _summary_table(report: dict) -> Table:
-    table = Table(title=f"sweep {report['sweep_id']}: mean ± std over seeds")
-    for col in ("norm", "batch size", "seeds", "mean Dice", "HD95 (mm)", "s/it", "peak MB", "BN gap"):
+    table = Table(title=f"sweep {report['sweep_id']}: final models; CI over cases, ± std over seeds "
+                        f"({report['converged']}/{len(report['rows'])} children converged)")
+    for col in ("norm", "batch size", "seeds", "converged", "final Dice [95 % CI]", "best-epoch Dice", "s/it",
+                "peak MB", "BN gap"):
         table.add_column(col)
     from medseg.study.report import mean_std
     for s in report["summary"]:
-        table.add_row(s["norm"], str(s["batch_size"]), str(s["seeds"]),
-                      *(mean_std(s, k, f) for k, f in (("dice_mean", ".3f"), ("hd95_mean", ".2f"),
-                                                         ("seconds_per_iteration", ".3f"), ("peak_memory_mb", ".0f"),
-                                                         ("bn_batch_stats_gap", "+.3f"))))
+        ci = (f"{s['case_dice_mean']:.3f} [{s['case_dice_ci_low']:.3f}, {s['case_dice_ci_high']:.3f}]"
+              if math.isfinite(s["case_dice_mean"]) else "-")
+        table.add_row(s["norm"], str(s["batch_size"]), str(s["seeds"]), f"{s['converged']}/{s['seeds']}", ci,
+                      *(mean_std(s, k, f) for k, f in (("best_dice_mean", ".3f"), ("seconds_per_iteration", ".3f"),
+                                                         ("peak_memory_mb", ".0f"), ("bn_batch_stats_gap", "+.3f"))))
     return table
 
 
@@ -298,8 +307,10 @@ def report(
     output: Path | None = typer.Option(None, "--output", "-o", help="Report folder (default: reports/<sweep id>)."),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI."),
     no_log: bool = typer.Option(False, "--no-log", help="Do not log the report to the parent run."),
+    plateau_delta: float = typer.Option(PLATEAU_DELTA, "--plateau-delta", min=0.0, help="A child whose last "
+                                        "validation improved mean Dice by more than this is reported not converged."),
 ):
-    """Build a sweep's report (CSV, Markdown, PNG plots) from the MLflow store alone."""
+    """Build a sweep's report (CSV, Markdown, PNG plots, paired statistics) from the MLflow store alone."""
     from medseg.study.report import build_report, find_sweep
     from medseg.tracking import Tracker
 
@@ -307,7 +318,7 @@ def report(
     if output is None:
         _, parent = find_sweep(Tracker.client_for(uri), experiment, sweep_id)
         output = Path("reports") / parent.data.tags["medseg.sweep_id"]
-    result = build_report(uri, experiment, output, sweep_id, log_to_parent=not no_log)
+    result = build_report(uri, experiment, output, sweep_id, log_to_parent=not no_log, plateau_delta=plateau_delta)
     out.print(_summary_table(result))
     out.print(f"report: {output}")
 

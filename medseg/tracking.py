@@ -126,8 +126,8 @@ class Tracker:
         """Log metrics at ``step`` (the epoch); NaN values are skipped."""
         ts = int(time.time() * 1000)
         items = [Metric(k, float(v), ts, step) for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
-        if items:
-            self.client.log_batch(self.run_id, metrics=items)
+        for i in range(0, len(items), 1000):  # MLflow's limit per log_batch call
+            self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
 
     def set_tags(self, tags: dict[str, str]) -> None:
         """Add or overwrite string tags."""

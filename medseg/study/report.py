@@ -1,15 +1,22 @@
-"""The sweep report, built from the MLflow store alone: per-run rows, mean +- std over seeds per
-(norm, batch size) as CSV and Markdown, and PNG plots. Logged to the sweep's parent run.
+"""The sweep report, built from the MLflow store alone, logged to the sweep's parent run.
 
 Per child run, read back from MLflow:
 
-* ``dice_mean`` and ``dice_<label>``: validation Dice of the best epoch's model (sliding window),
-  ``hd95_mean`` in mm;
-* ``seconds_per_iteration`` and ``patches_per_second``: means over the run's epochs (wall time,
-  data loading included); ``peak_memory_mb``: the process's peak resident memory on CPU, the peak
-  allocated GPU memory on CUDA; ``final_train_loss``: the last epoch's mean loss;
-* ``bn_batch_stats_gap`` (batch norm only): Dice with batch statistics minus Dice with running
-  statistics, for the best model.
+* the **final model** (the network at the end of training, which the study compares):
+  ``final_val_dice_mean`` and the per-case Dice of every validation case and label
+  (``final_case_dice/<case>/<label>``), the batch-dependence metrics
+  (``final_batch_dependence_train`` / ``_eval``, in logits);
+* the learning curve (``val_dice_mean`` per epoch) and whether it reached its plateau: a child is
+  *not converged* when its last validation improved on the one before by more than
+  ``plateau_delta`` mean Dice;
+* the **best epoch's model** (``best_val_dice_mean``, HD95 in mm): shown beside the final model,
+  never ranked by, since the epoch was chosen on the same validation cases (optimistic);
+* ``seconds_per_iteration`` and ``patches_per_second`` (means over epochs, wall time, data loading
+  included), ``peak_memory_mb`` (process peak RSS on CPU, peak allocated GPU memory on CUDA),
+  ``final_train_loss``, and for batch norm ``bn_batch_stats_gap`` (Dice with batch statistics minus
+  Dice with running statistics, best model).
+
+Paired statistics between norms: see :mod:`medseg.study.statistics`.
 """
 from __future__ import annotations
 
@@ -25,11 +32,17 @@ import numpy as np
 
 from medseg.atomic import atomic_write_text, write_csv
 from medseg.errors import MedsegError
+from medseg.models.norms import NORMS
+from medseg.study.rules import PLATEAU_DELTA
+from medseg.study.statistics import Comparison, case_dice, mean_ci, pairwise_table
 from medseg.tracking import Tracker
+from medseg.training.validation import (BATCH_DEPENDENCE_EVAL, BATCH_DEPENDENCE_TRAIN, FINAL_CASE_DICE,
+                                        FINAL_DICE_MEAN, VAL_DICE_MEAN)
 
-SUMMARY_METRICS = ("dice_mean", "hd95_mean", "seconds_per_iteration", "patches_per_second", "peak_memory_mb",
-                   "final_train_loss", "bn_batch_stats_gap", "dice_mean_batch_stats")
-NORM_ORDER = ("instance", "group", "layer", "batch", "none")
+SUMMARY_METRICS = ("final_dice_mean", "best_dice_mean", "hd95_mean", "seconds_per_iteration", "patches_per_second",
+                   "peak_memory_mb", "final_train_loss", "bn_batch_stats_gap", "batch_dependence_train",
+                   "batch_dependence_eval")
+NORM_ORDER = NORMS
 
 
 def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -52,61 +65,107 @@ def find_sweep(client, experiment: str, sweep_id: str | None = None):
     return exp.experiment_id, parents[0]
 
 
-def collect_runs(client, experiment_id: str, sweep_id: str) -> list[dict]:
+def per_case_dice(metrics: dict[str, float]) -> dict[tuple[str, str], float]:
+    """``{(case, label): Dice}`` of the final model from a run's metrics."""
+    out = {}
+    for k, v in metrics.items():
+        parts = k.split("/")
+        if len(parts) == 3 and parts[0] == FINAL_CASE_DICE:
+            out[(parts[1], parts[2])] = v
+    return out
+
+
+def plateau(curve: list[tuple[int, float]], delta: float) -> tuple[float, bool]:
+    """The last validation's gain over the one before, and whether it is at most ``delta``
+    (a curve with one point has gain NaN and counts as not converged)."""
+    if len(curve) < 2:
+        return math.nan, False
+    gain = curve[-1][1] - curve[-2][1]
+    return gain, gain <= delta
+
+
+def collect_runs(client, experiment_id: str, sweep_id: str, plateau_delta: float = PLATEAU_DELTA) -> list[dict]:
     """One row per finished child run of the sweep (superseded restarts left out), with its
-    learning curve under ``curve``: [(training patches seen, validation mean Dice)]."""
+    learning curve under ``curve`` ([(training patches seen, validation mean Dice)]) and its
+    final model's per-case Dice under ``cases`` ({(case, label): Dice})."""
     runs = client.search_runs([experiment_id], f"tags.`medseg.sweep_id` = '{sweep_id}' and "
                               "tags.`medseg.role` = 'child' and attributes.status = 'FINISHED'", max_results=5000)
     rows = []
     for r in runs:
         if r.data.tags.get("medseg.superseded") == "true":
             continue
-        p, m = r.data.params, r.data.metrics
+        p, m, run_id = r.data.params, r.data.metrics, r.info.run_id
         bs, ipe = int(p["train.batch_size"]), int(p["train.iterations_per_epoch"])
-        epochs = _history(client, r.info.run_id, "seconds_per_iteration")
-        loss = _history(client, r.info.run_id, "train_loss")
-        row = {"run_id": r.info.run_id, "norm": p["model.norm"], "batch_size": bs, "seed": int(p["seed"]),
+        epochs = _history(client, run_id, "seconds_per_iteration")
+        loss = _history(client, run_id, "train_loss")
+        curve = [((s + 1) * ipe * bs, v) for s, v in _history(client, run_id, VAL_DICE_MEAN)]
+        gain, converged = plateau(curve, plateau_delta)
+        cases = per_case_dice(m)
+        row = {"run_id": run_id, "norm": p["model.norm"], "batch_size": bs, "seed": int(p["seed"]),
                "iterations": ipe * int(p["train.epochs"]), "samples": ipe * int(p["train.epochs"]) * bs,
-               "lr": float(p["train.lr"]), "dice_mean": m.get("best_val_dice_mean", math.nan),
+               "lr": float(p["train.lr"]), "final_dice_mean": m.get(FINAL_DICE_MEAN, math.nan),
+               "best_dice_mean": m.get("best_val_dice_mean", math.nan), "last_gain": gain, "converged": converged,
                "hd95_mean": m.get("best_val_hd95_mean", math.nan),
                "seconds_per_iteration": float(np.mean([v for _, v in epochs])) if epochs else math.nan,
                "patches_per_second": float(np.mean([v for _, v in
-                                                    _history(client, r.info.run_id, "patches_per_second")] or [math.nan])),
-               "peak_memory_mb": max([v for _, v in _history(client, r.info.run_id, "peak_memory_mb")] or [math.nan]),
+                                                    _history(client, run_id, "patches_per_second")] or [math.nan])),
+               "peak_memory_mb": max([v for _, v in _history(client, run_id, "peak_memory_mb")] or [math.nan]),
                "final_train_loss": loss[-1][1] if loss else math.nan,
                "bn_batch_stats_gap": m.get("best_bn_batch_stats_gap", math.nan),
-               "dice_mean_batch_stats": m.get("best_val_dice_mean_batch_stats", math.nan)}
-        row.update({k.replace("best_val_", ""): v for k, v in m.items()
-                    if k.startswith("best_val_dice_") and k not in ("best_val_dice_mean", "best_val_dice_mean_batch_stats")})
-        row["curve"] = [((s + 1) * ipe * bs, v) for s, v in _history(client, r.info.run_id, "val_dice_mean")]
+               "batch_dependence_train": m.get(BATCH_DEPENDENCE_TRAIN, math.nan),
+               "batch_dependence_eval": m.get(BATCH_DEPENDENCE_EVAL, math.nan),
+               "cases": cases, "curve": curve}
+        for label in sorted({lab for _, lab in cases}):
+            row[f"final_dice_{label}"] = float(np.mean([d for (_, lab), d in cases.items() if lab == label]))
         rows.append(row)
     order = {n: i for i, n in enumerate(NORM_ORDER)}
     return sorted(rows, key=lambda x: (x["batch_size"], order.get(x["norm"], 99), x["seed"]))
 
 
+def _dice_by_cell(rows: list[dict]) -> dict[tuple[str, int], dict[int, dict[str, float]]]:
+    """``{(norm, batch size): {seed: {case: final-model Dice (mean over labels)}}}``."""
+    out: dict = defaultdict(dict)
+    for r in rows:
+        if r["cases"]:
+            out[(r["norm"], r["batch_size"])][r["seed"]] = case_dice(r["cases"])
+    return dict(out)
+
+
+def cell_case_means(seeds: dict[int, dict[str, float]]) -> np.ndarray:
+    """Per-case Dice averaged over the seeds of one cell (the cases all its seeds have)."""
+    cases = sorted(set.intersection(*(set(v) for v in seeds.values())))
+    return np.array([np.mean([seeds[s][c] for s in seeds]) for c in cases], dtype=float)
+
+
 def summarize_runs(rows: list[dict]) -> list[dict]:
-    """Mean and sample standard deviation over seeds for each (norm, batch size)."""
+    """Per (norm, batch size): mean and sample standard deviation over seeds of each metric, the
+    final model's mean Dice with its 95 % bootstrap CI over cases (seeds averaged per case), and
+    how many seeds converged."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["norm"], r["batch_size"])].append(r)
     metrics = list(SUMMARY_METRICS) + _class_keys(rows)
+    by_cell = _dice_by_cell(rows)
     out = []
     for (norm, bs), rs in groups.items():
-        s = {"norm": norm, "batch_size": bs, "seeds": len(rs), "samples": rs[0]["samples"],
-             "iterations": rs[0]["iterations"], "lr": rs[0]["lr"]}
+        s = {"norm": norm, "batch_size": bs, "seeds": len(rs), "converged": sum(r["converged"] for r in rs),
+             "samples": rs[0]["samples"], "iterations": rs[0]["iterations"], "lr": rs[0]["lr"]}
         for k in metrics:
             v = np.array([r.get(k, math.nan) for r in rs], dtype=float)
             v = v[np.isfinite(v)]
             s[f"{k}_mean"] = float(v.mean()) if v.size else math.nan
             s[f"{k}_std"] = float(v.std(ddof=1)) if v.size > 1 else math.nan
+        cases = cell_case_means(by_cell[(norm, bs)]) if (norm, bs) in by_cell else np.array([])
+        s["case_dice_mean"], s["case_dice_ci_low"], s["case_dice_ci_high"] = mean_ci(cases)
+        s["cases"] = int(cases.size)
         out.append(s)
     order = {n: i for i, n in enumerate(NORM_ORDER)}
     return sorted(out, key=lambda x: (order.get(x["norm"], 99), x["batch_size"]))
 
 
 def _class_keys(rows: list[dict]) -> list[str]:
-    """``dice_<label>`` keys of the per-class Dice columns."""
-    return sorted({k for r in rows for k in r if k.startswith("dice_") and k not in SUMMARY_METRICS})
+    """``final_dice_<label>`` keys of the per-class Dice columns."""
+    return sorted({k for r in rows for k in r if k.startswith("final_dice_") and k not in SUMMARY_METRICS})
 
 
 def mean_std(s: dict, key: str, fmt: str) -> str:
@@ -117,21 +176,86 @@ def mean_std(s: dict, key: str, fmt: str) -> str:
     return format(m, fmt) + (f" ± {format(sd, fmt.lstrip('+'))}" if math.isfinite(sd) else "")
 
 
+def _ci(m: float, lo: float, hi: float, fmt: str = ".3f") -> str:
+    return "-" if not math.isfinite(m) else f"{format(m, fmt)} [{format(lo, fmt)}, {format(hi, fmt)}]"
+
+
 def markdown_table(summary: list[dict]) -> str:
-    """The summary as a Markdown table (mean ± std over seeds)."""
-    classes = sorted({k[:-5] for s in summary for k in s
-                      if k.startswith("dice_") and k.endswith("_mean") and k[:-5] not in SUMMARY_METRICS})
-    head = (["norm", "batch size", "seeds", "iterations", "lr", "mean Dice"] + [c.replace("dice_", "Dice ")
-            for c in classes] + ["HD95 (mm)", "s/iteration", "patches/s", "peak memory (MB)", "final loss",
-                                 "BN batch-stats gap"])
+    """The summary as a Markdown table: the final model's Dice with its CI, seeds' mean ± std of
+    the other metrics, the best epoch's Dice beside (not ranked by)."""
+    classes = sorted({k[:-5] for s in summary for k in s if k.startswith("final_dice_") and k.endswith("_mean")
+                      and k[:-5] not in SUMMARY_METRICS})
+    head = (["norm", "batch size", "seeds", "converged", "iterations", "lr", "final Dice [95 % CI]",
+             "final Dice (± std over seeds)"] + [c.replace("final_dice_", "Dice ") for c in classes]
+            + ["best-epoch Dice (biased)", "HD95 (mm, best epoch)", "s/iteration", "patches/s", "peak memory (MB)",
+               "final loss", "BN batch-stats gap"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summary:
-        cells = [s["norm"], str(s["batch_size"]), str(s["seeds"]), str(s["iterations"]), f"{s['lr']:.3g}",
-                 mean_std(s, "dice_mean", ".3f")] + [mean_std(s, c, ".3f") for c in classes] + [
-                 mean_std(s, "hd95_mean", ".2f"), mean_std(s, "seconds_per_iteration", ".3f"), mean_std(s, "patches_per_second", ".1f"),
-                 mean_std(s, "peak_memory_mb", ".0f"), mean_std(s, "final_train_loss", ".3f"), mean_std(s, "bn_batch_stats_gap", "+.3f")]
+        cells = [s["norm"], str(s["batch_size"]), str(s["seeds"]), f"{s['converged']}/{s['seeds']}",
+                 str(s["iterations"]), f"{s['lr']:.3g}", _ci(s["case_dice_mean"], s["case_dice_ci_low"],
+                                                            s["case_dice_ci_high"]),
+                 mean_std(s, "final_dice_mean", ".3f")] + [mean_std(s, c, ".3f") for c in classes] + [
+                 mean_std(s, "best_dice_mean", ".3f"), mean_std(s, "hd95_mean", ".2f"),
+                 mean_std(s, "seconds_per_iteration", ".3f"), mean_std(s, "patches_per_second", ".1f"),
+                 mean_std(s, "peak_memory_mb", ".0f"), mean_std(s, "final_train_loss", ".3f"),
+                 mean_std(s, "bn_batch_stats_gap", "+.3f")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def pairwise_markdown(table: list[Comparison]) -> str:
+    """The pairwise comparisons as a Markdown table."""
+    head = ["batch size", "A", "B", "seeds", "cases", "mean Dice A - B [95 % CI]", "Wilcoxon p", "Holm p", "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in table:
+        verdict = "tie" if c.tie else (f"{c.norm_a} better" if c.mean_difference > 0 else f"{c.norm_b} better")
+        lines.append("| " + " | ".join([str(c.batch_size), c.norm_a, c.norm_b, str(c.seeds), str(c.cases),
+                                        _ci(c.mean_difference, c.ci_low, c.ci_high, "+.3f"), _p(c.p_value),
+                                        _p(c.p_holm), verdict]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _p(p: float) -> str:
+    return "-" if not math.isfinite(p) else (f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}")
+
+
+def which_norm(summary: list[dict], table: list[Comparison]) -> list[dict]:
+    """Per batch size: the norm with the highest final Dice, the norms tied with it (their paired CI
+    against it contains 0) and the norms worse than it."""
+    out = []
+    for bs in sorted({s["batch_size"] for s in summary}):
+        cells = [s for s in summary if s["batch_size"] == bs and math.isfinite(s["case_dice_mean"])]
+        if not cells:
+            continue
+        best = max(cells, key=lambda s: s["case_dice_mean"])["norm"]
+        tied, worse = [], []
+        for s in cells:
+            if s["norm"] == best:
+                continue
+            (c,) = [c for c in table if c.batch_size == bs and {c.norm_a, c.norm_b} == {best, s["norm"]}]
+            (tied if c.tie else worse).append(s["norm"])
+        out.append({"batch_size": bs, "best": best, "tied_with_best": ", ".join(tied) or "-",
+                    "worse": ", ".join(worse) or "-"})
+    return out
+
+
+def which_norm_markdown(rows: list[dict]) -> str:
+    lines = ["| batch size | highest final Dice | tied with it (CI contains 0) | worse (CI excludes 0) |",
+             "|---|---|---|---|"]
+    lines += [f"| {r['batch_size']} | {r['best']} | {r['tied_with_best']} | {r['worse']} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def batch_dependence_markdown(summary: list[dict]) -> str:
+    lines = ["| norm | batch size | train mode (max abs logit diff) | eval mode |", "|---|---|---|---|"]
+    for s in summary:
+        lines.append(f"| {s['norm']} | {s['batch_size']} | {_sci(s['batch_dependence_train_mean'])} | "
+                     f"{_sci(s['batch_dependence_eval_mean'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _sci(x: float) -> str:
+    return "-" if not math.isfinite(x) else f"{x:.2g}"
 
 
 def _by_norm(summary: list[dict]) -> dict[str, list[dict]]:
@@ -152,31 +276,41 @@ def _errorbar_plot(ax, summary: list[dict], key: str, ylabel: str) -> None:
 
 
 def plot_report(rows: list[dict], summary: list[dict], folder: Path) -> list[Path]:
-    """dice_vs_batch_size.png, learning_curves.png, speed_memory.png in ``folder``."""
+    """dice_vs_batch_size.png (final Dice with 95 % CI), learning_curves.png (plateau marked),
+    speed_memory.png in ``folder``."""
     paths = []
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    _errorbar_plot(ax, summary, "dice_mean", "validation mean Dice (± std over seeds)")
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    norms = list(_by_norm(summary))
+    for i, (norm, ss) in enumerate(_by_norm(summary).items()):
+        ss = sorted([s for s in ss if math.isfinite(s["case_dice_mean"])], key=lambda s: s["batch_size"])
+        x = np.array([s["batch_size"] for s in ss]) + (i - (len(norms) - 1) / 2) * 0.06  # dodge
+        y = np.array([s["case_dice_mean"] for s in ss])
+        err = np.array([[m - s["case_dice_ci_low"], s["case_dice_ci_high"] - m] for m, s in zip(y, ss)]).T
+        ax.errorbar(x, y, yerr=err if len(ss) else None, marker="o", capsize=4, label=norm)
+    ax.set_xlabel("batch size"), ax.set_ylabel("final model: mean Dice over cases (95 % CI)")
+    ax.set_xticks(sorted({s["batch_size"] for s in summary})), ax.grid(alpha=0.3), ax.legend()
     ax.set_title("Validation Dice vs batch size")
     fig.tight_layout(), fig.savefig(folder / "dice_vs_batch_size.png", dpi=110), plt.close(fig)
     paths.append(folder / "dice_vs_batch_size.png")
 
     sizes = sorted({r["batch_size"] for r in rows})
+    colors = {n: f"C{i}" for i, n in enumerate(NORM_ORDER)}
     fig, axes = plt.subplots(1, len(sizes), figsize=(4.5 * len(sizes), 4), squeeze=False, sharey=True)
     for ax, bs in zip(axes[0], sizes):
-        curves: dict[str, list] = defaultdict(list)
+        seen = set()
         for r in rows:
-            if r["batch_size"] == bs and r["curve"]:
-                curves[r["norm"]].append(r["curve"])
-        for norm, cs in curves.items():
-            n = min(len(c) for c in cs)
-            x = [c[0] for c in cs[0][:n]]
-            y = np.array([[v for _, v in c[:n]] for c in cs])
-            ax.plot(x, y.mean(0), marker=".", label=norm)
-            if len(cs) > 1:
-                ax.fill_between(x, y.min(0), y.max(0), alpha=0.15)
+            if r["batch_size"] != bs or not r["curve"]:
+                continue
+            x, y = zip(*r["curve"])
+            color = colors.get(r["norm"], "k")
+            ax.plot(x, y, color=color, alpha=0.8, lw=1, label=None if r["norm"] in seen else r["norm"])
+            seen.add(r["norm"])
+            # the plateau check: last two validations; a cross marks a child still improving
+            ax.plot(x[-2:], y[-2:], color=color, lw=2.5)
+            ax.plot(x[-1], y[-1], marker="o" if r["converged"] else "x", color=color, ms=6 if r["converged"] else 9)
         ax.set_title(f"batch size {bs}"), ax.set_xlabel("training patches seen"), ax.grid(alpha=0.3)
-        ax.set_ylim(0, 1), ax.legend()
-    axes[0][0].set_ylabel("validation mean Dice (mean of seeds; band: min-max)")
+        ax.set_ylim(0, 1), ax.legend(loc="lower right")
+    axes[0][0].set_ylabel("validation mean Dice (o plateau, x not converged)")
     fig.tight_layout(), fig.savefig(folder / "learning_curves.png", dpi=110), plt.close(fig)
     paths.append(folder / "learning_curves.png")
 
@@ -189,14 +323,17 @@ def plot_report(rows: list[dict], summary: list[dict], folder: Path) -> list[Pat
 
 
 def build_report(tracking_uri: str, experiment: str, folder: Path, sweep_id: str | None = None,
-                 log_to_parent: bool = True) -> dict:
+                 log_to_parent: bool = True, plateau_delta: float = PLATEAU_DELTA) -> dict:
     """Build the report of a sweep from the MLflow store and write it to ``folder``.
 
-    Writes ``runs.csv`` (one row per child run), ``summary.csv`` and ``summary.md`` (mean ± std over
-    seeds per norm and batch size) and the PNG plots; logs them to the parent run under ``report/``.
+    Writes ``runs.csv`` (one row per child run), ``cases.csv`` (final-model Dice per child, case
+    and label), ``summary.csv`` and ``pairwise.csv``, ``summary.md`` (convergence, which norm at
+    which batch size, the paired comparisons, the summary and batch-dependence tables) and the PNG
+    plots; logs them to the parent run under ``report/``, the tables also as MLflow tables
+    (``report/*.json``, shown as tables in MLflow's artifact view).
 
     Returns:
-        ``{"sweep_id", "parent_run_id", "rows", "summary", "folder"}``.
+        ``{"sweep_id", "parent_run_id", "rows", "summary", "pairwise", "which_norm", "converged", "folder"}``.
 
     Raises:
         MedsegError: no such experiment or sweep, or no finished child run.
@@ -204,23 +341,61 @@ def build_report(tracking_uri: str, experiment: str, folder: Path, sweep_id: str
     client = Tracker.client_for(tracking_uri)
     experiment_id, parent = find_sweep(client, experiment, sweep_id)
     sweep_id = parent.data.tags["medseg.sweep_id"]
-    rows = collect_runs(client, experiment_id, sweep_id)
+    rows = collect_runs(client, experiment_id, sweep_id, plateau_delta)
     if not rows:
         raise MedsegError(f"sweep {sweep_id} has no finished child run yet", experiment)
     summary = summarize_runs(rows)
+    pairwise = pairwise_table(_dice_by_cell(rows), list(NORM_ORDER))
+    choice = which_norm(summary, pairwise)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    write_csv([{k: v for k, v in r.items() if k != "curve"} for r in rows], folder / "runs.csv")
+    write_csv([{k: v for k, v in r.items() if k not in ("curve", "cases")} for r in rows], folder / "runs.csv")
+    write_csv([{"run_id": r["run_id"], "norm": r["norm"], "batch_size": r["batch_size"], "seed": r["seed"],
+                "case": c, "label": lab, "dice": d} for r in rows for (c, lab), d in sorted(r["cases"].items())],
+              folder / "cases.csv")
     write_csv(summary, folder / "summary.csv")
+    write_csv([c.to_dict() for c in pairwise], folder / "pairwise.csv")
+    converged = sum(r["converged"] for r in rows)
     p = parent.data.params
-    header = (f"# Normalizer x batch-size sweep `{sweep_id}`\n\n"
-              f"Experiment `{experiment}`, parent run `{parent.info.run_id}`, {len(rows)} finished child runs.\n\n"
-              f"Budget rule: {p.get('sweep.rule', '?')}. Mean ± standard deviation over seeds; Dice and HD95 of the "
-              "best epoch's model on the validation fold (sliding window); BN batch-stats gap = Dice with batch "
-              "statistics minus Dice with running statistics.\n\n")
-    atomic_write_text(folder / "summary.md", header + markdown_table(summary))
+    status = (f"**All {len(rows)} children converged** (last validation gain ≤ {plateau_delta:g} mean Dice)."
+              if converged == len(rows) else
+              f"**Warning: {len(rows) - converged} of {len(rows)} children did not converge** (their last "
+              f"validation improved mean Dice by more than {plateau_delta:g}): their final Dice understates what "
+              "the norm reaches, and comparisons involving them are not at the plateau.")
+    text = (f"# Normalizer x batch-size sweep `{sweep_id}`\n\n{status}\n\n"
+            f"Experiment `{experiment}`, parent run `{parent.info.run_id}`, {len(rows)} finished child runs. "
+            f"Budget rule: {p.get('sweep.rule', '?')}.\n\n"
+            "Dice is the **final model**'s (end of training) on the validation fold, sliding window, mean over "
+            "the foreground labels of each case. Differences are paired over (case, seed): same cases, and per "
+            "seed the same training patches and initial weights; averaged over seeds per case; 95 % BCa bootstrap "
+            "CI with cases resampled; two-sided Wilcoxon signed-rank test on the per-case differences, Holm-corrected "
+            "across the whole pairwise table. Two norms tie when the CI contains 0.\n\n"
+            "## Which norm at which batch size\n\n" + which_norm_markdown(choice) +
+            "\n## Pairwise comparisons\n\n" + pairwise_markdown(pairwise) +
+            "\n## Summary (per norm and batch size)\n\n"
+            "CI: over cases (seeds averaged per case). ± : standard deviation over seeds. The best-epoch Dice is "
+            "selected on the same validation cases, so it is optimistic; it is shown, not ranked by.\n\n"
+            + markdown_table(summary) +
+            "\n## Batch dependence of the trained networks\n\nLargest absolute logit difference between a "
+            "validation patch inferred alone and inside a batch of 5, float32, mean over seeds.\n\n"
+            + batch_dependence_markdown(summary))
+    atomic_write_text(folder / "summary.md", text)
     plot_report(rows, summary, folder)
     if log_to_parent:
         client.log_artifacts(parent.info.run_id, str(folder), "report")
+        _log_tables(client, parent.info.run_id, summary, pairwise, choice)
     return {"sweep_id": sweep_id, "parent_run_id": parent.info.run_id, "rows": rows, "summary": summary,
-            "folder": folder}
+            "pairwise": pairwise, "which_norm": choice, "converged": converged, "folder": folder}
+
+
+def _log_tables(client, run_id: str, summary: list[dict], pairwise: list[Comparison], choice: list[dict]) -> None:
+    """The report's tables as MLflow tables (JSON artifacts MLflow's artifact view renders as tables)."""
+    import pandas as pd
+
+    cols = ["norm", "batch_size", "seeds", "converged", "case_dice_mean", "case_dice_ci_low", "case_dice_ci_high",
+            "final_dice_mean_mean", "final_dice_mean_std", "best_dice_mean_mean", "seconds_per_iteration_mean",
+            "peak_memory_mb_mean", "bn_batch_stats_gap_mean", "batch_dependence_train_mean",
+            "batch_dependence_eval_mean"]
+    client.log_table(run_id, pd.DataFrame([{k: s[k] for k in cols} for s in summary]), "report/summary_table.json")
+    client.log_table(run_id, pd.DataFrame([c.to_dict() for c in pairwise]), "report/pairwise_table.json")
+    client.log_table(run_id, pd.DataFrame(choice), "report/which_norm_table.json")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -102,8 +103,9 @@ class SweepSpec:
             raise ConfigError("--evaluations must be >= 1", "--evaluations")
 
     def children(self) -> list[Child]:
-        """All cells, batch size outermost then norm then seed (so partial sweeps compare norms early)."""
-        return [Child(n, b, s) for b in self.batch_sizes for n in self.norms for s in self.seeds]
+        """All cells, seed outermost, then batch size, then norm: a sweep stopped part-way has whole
+        paired sets of (norm, batch size) for its first seeds."""
+        return [Child(n, b, s) for s in self.seeds for b in self.batch_sizes for n in self.norms]
 
     def to_dict(self) -> dict:
         return {"norms": list(self.norms), "batch_sizes": list(self.batch_sizes), "seeds": list(self.seeds),
@@ -210,8 +212,88 @@ def _measure_seconds_per_iteration(base: Config, child: Child, in_channels: int,
     return cache[key]
 
 
+@dataclass(frozen=True)
+class Task:
+    """One child's ``medseg train`` command line, with the line to log when it starts."""
+
+    key: str
+    cmd: list[str]
+    note: str
+
+
+def child_environment(slot: int, jobs: int, cpus: int | None = None, gpus: int | None = None) -> dict[str, str]:
+    """Environment of the child in ``slot`` (0 <= slot < jobs) when ``jobs`` children share this machine.
+
+    With GPUs, child ``slot`` sees one GPU (``CUDA_VISIBLE_DEVICES``, round robin over the GPUs);
+    the CPU threads are split evenly (``OMP_NUM_THREADS``, which torch reads at start-up; at least 1).
+    One job changes nothing.
+    """
+    env = dict(os.environ)
+    if jobs <= 1:
+        return env
+    cpus = cpus if cpus is not None else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                          else os.cpu_count() or 1)
+    if gpus is None:
+        import torch
+        gpus = torch.cuda.device_count()
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(max(1, cpus // jobs))
+    return env
+
+
+def run_local(tasks: list[Task], jobs: int, log: Log) -> tuple[dict[str, int], str | None]:
+    """Run the tasks as subprocesses, at most ``jobs`` at once, each in its own session.
+
+    SIGINT/SIGTERM stop it: every running child gets SIGTERM (it saves a checkpoint and exits), no
+    new child starts.
+
+    Returns:
+        (``{key: exit code}`` of the children that ended on their own, the signal's name or None).
+    """
+    stop: dict = {"signal": None}
+    running: dict[int, tuple[Task, subprocess.Popen, float]] = {}  # slot -> (task, process, start)
+    codes: dict[str, int] = {}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signal.Signals(signum).name
+        for _task, proc, _start in running.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)  # the child checkpoints and exits
+
+    pending = list(tasks)
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while pending or running:
+            while pending and len(running) < max(1, jobs) and not stop["signal"]:
+                slot = min(set(range(max(1, jobs))) - set(running))
+                task = pending.pop(0)
+                log(task.note)
+                running[slot] = (task, subprocess.Popen(task.cmd, stdout=subprocess.DEVNULL, start_new_session=True,
+                                                        env=child_environment(slot, jobs)), time.perf_counter())
+            if not running:
+                break
+            time.sleep(0.2)
+            for slot, (task, proc, start) in list(running.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                del running[slot]
+                if stop["signal"] or code == 130:
+                    stop["signal"] = stop["signal"] or "SIGINT"
+                    continue
+                codes[task.key] = code
+                log(f"{task.key}: {'finished' if code == 0 else f'failed (exit {code})'} in "
+                    f"{time.perf_counter() - start:.0f} s")
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    return codes, stop["signal"]
+
+
 def run_sweep(base: Config, spec: SweepSpec, *, sweep_dir: Path | None = None, sweep_id: str | None = None,
-              log: Log = lambda s: None, python: str = sys.executable) -> tuple[str, str, dict[str, str]]:
+              log: Log = lambda s: None, python: str = sys.executable,
+              jobs: int = 1) -> tuple[str, str, dict[str, str]]:
     """Run (or continue) a sweep: one ``medseg train`` subprocess per unfinished child.
 
     Args:
@@ -219,13 +301,14 @@ def run_sweep(base: Config, spec: SweepSpec, *, sweep_dir: Path | None = None, s
             to every child; ``train.lr`` is the learning rate at ``train.batch_size``.
         sweep_dir: where child configs and run folders go (default ``output_dir/sweeps/<sweep_id>``).
         sweep_id: default :func:`sweep_id_for`.
+        jobs: children run at once on this machine (see :func:`run_local`).
 
     Returns:
         (sweep id, parent run id, ``{child key: "finished" | "skipped" | "failed (exit N)"}``).
 
     Raises:
         ConfigError: no dataset, or a bad sweep definition.
-        SweepInterrupted: SIGINT/SIGTERM; the running child checkpointed; rerun to continue.
+        SweepInterrupted: SIGINT/SIGTERM; the running children checkpointed; rerun to continue.
         MedsegError: the tracking store cannot be reached.
     """
     if base.data.root is None:
@@ -245,67 +328,47 @@ def run_sweep(base: Config, spec: SweepSpec, *, sweep_dir: Path | None = None, s
                                                      **spec.to_dict()}, indent=1))
     client, status, timings = parent.client, {}, {}
     children = spec.children()
-    stop = {"signal": None, "proc": None}
-
-    def on_signal(signum, _frame):
-        stop["signal"] = signal.Signals(signum).name
-        if stop["proc"] is not None and stop["proc"].poll() is None:
-            stop["proc"].send_signal(signal.SIGTERM)  # the child checkpoints and exits
-
     earlier: dict[str, list] = {}  # runs of earlier attempts, by child key (only this process adds runs now)
     for r in _find_runs(client, parent.experiment_id, sweep_id, "child"):
         earlier.setdefault(r.data.tags.get("medseg.sweep_key"), []).append(r)
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        for i, child in enumerate(children, 1):
-            if stop["signal"]:
-                break
-            runs = earlier.get(child.key, [])
-            if any(r.info.status == "FINISHED" for r in runs):
-                status[child.key] = "skipped"
-                log(f"[{i}/{len(children)}] {child.key}: finished before, skipped")
-                continue
-            resumable = [r for r in runs if (Path(r.data.tags.get("medseg.run_dir", "/nonexistent"))
-                                             / "checkpoints" / "last.pt").is_file()]
-            for r in runs:  # runs that cannot be continued are left out of the sweep's results
-                if r not in resumable[:1]:
-                    client.set_tag(r.info.run_id, "medseg.superseded", "true")
-                    if r.info.status == "RUNNING":
-                        client.set_terminated(r.info.run_id, "KILLED")
-            if resumable:
-                run_dir = resumable[0].data.tags["medseg.run_dir"]
-                cmd = [python, "-m", "medseg", "train", "--quiet", "--resume", run_dir,
-                       "--tracking-uri", uri]
-                log(f"[{i}/{len(children)}] {child.key}: resuming {resumable[0].info.run_id}")
-            else:
-                seconds = None
-                if spec.budget == "minutes":
-                    seconds = _measure_seconds_per_iteration(base, child, len(dataset.modality),
-                                                             dataset.num_classes, timings)
-                iterations = child_iterations(spec, child.batch_size, seconds)
-                cfg = child_config(base, child, iterations=iterations, spec=spec, sweep_id=sweep_id,
-                                   parent_run_id=parent.run_id, output_dir=sweep_dir / "runs")
-                path = sweep_dir / "configs" / f"{child.key}.yaml"
-                path.write_text(config_to_yaml(cfg))
-                cmd = [python, "-m", "medseg", "train", "--quiet", "--config", str(path)]
-                log(f"[{i}/{len(children)}] {child.key}: {cfg.train.epochs * cfg.train.iterations_per_epoch} "
-                    f"iterations at batch size {child.batch_size}, lr {cfg.train.lr:.3g}"
-                    + (f" (measured {seconds:.3f} s/it)" if seconds else ""))
-            start = time.perf_counter()
-            stop["proc"] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, start_new_session=True)
-            code = stop["proc"].wait()
-            stop["proc"] = None
-            if stop["signal"] or code == 130:
-                stop["signal"] = stop["signal"] or "SIGINT"
-                break
-            status[child.key] = "finished" if code == 0 else f"failed (exit {code})"
-            log(f"[{i}/{len(children)}] {child.key}: {status[child.key]} in {time.perf_counter() - start:.0f} s")
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-    if stop["signal"]:
+    tasks = []
+    for i, child in enumerate(children, 1):
+        runs = earlier.get(child.key, [])
+        if any(r.info.status == "FINISHED" for r in runs):
+            status[child.key] = "skipped"
+            log(f"[{i}/{len(children)}] {child.key}: finished before, skipped")
+            continue
+        resumable = [r for r in runs if (Path(r.data.tags.get("medseg.run_dir", "/nonexistent"))
+                                         / "checkpoints" / "last.pt").is_file()]
+        for r in runs:  # runs that cannot be continued are left out of the sweep's results
+            if r not in resumable[:1]:
+                client.set_tag(r.info.run_id, "medseg.superseded", "true")
+                if r.info.status == "RUNNING":
+                    client.set_terminated(r.info.run_id, "KILLED")
+        if resumable:
+            cmd = [python, "-m", "medseg", "train", "--quiet", "--resume", resumable[0].data.tags["medseg.run_dir"],
+                   "--tracking-uri", uri]
+            note = f"resuming {resumable[0].info.run_id}"
+        else:
+            seconds = None
+            if spec.budget == "minutes":
+                seconds = _measure_seconds_per_iteration(base, child, len(dataset.modality), dataset.num_classes,
+                                                         timings)
+            iterations = child_iterations(spec, child.batch_size, seconds)
+            cfg = child_config(base, child, iterations=iterations, spec=spec, sweep_id=sweep_id,
+                               parent_run_id=parent.run_id, output_dir=sweep_dir / "runs")
+            path = sweep_dir / "configs" / f"{child.key}.yaml"
+            path.write_text(config_to_yaml(cfg))
+            cmd = [python, "-m", "medseg", "train", "--quiet", "--config", str(path)]
+            note = (f"{cfg.train.epochs * cfg.train.iterations_per_epoch} iterations at batch size "
+                    f"{child.batch_size}, lr {cfg.train.lr:.3g}" + (f" (measured {seconds:.3f} s/it)" if seconds else ""))
+        tasks.append(Task(child.key, cmd, f"[{i}/{len(children)}] {child.key}: {note}"))
+    codes, interrupted = run_local(tasks, jobs, log)
+    for key, code in codes.items():
+        status[key] = "finished" if code == 0 else f"failed (exit {code})"
+    if interrupted:
         parent.end("KILLED")
-        raise SweepInterrupted(f"{stop['signal']} received; the running child saved a checkpoint. Run the same "
+        raise SweepInterrupted(f"{interrupted} received; the running children saved a checkpoint. Run the same "
                                f"command again to continue sweep {sweep_id}", sweep_dir)
     failed = [k for k, v in status.items() if v.startswith("failed")]
     parent.set_tags({"medseg.failed_children": ",".join(failed) or "none"})

@@ -24,20 +24,19 @@ from medseg.config import Config, ModelConfig, config_to_yaml, flatten
 from medseg.data import kfold_splits, load_or_compute_fingerprint, read_dataset
 from medseg.data.folds import save_split
 from medseg.errors import ConfigError, MedsegError
-from medseg.evaluation import summarize
 from medseg.inference.sliding_window import effective_amp, make_inferer
 from medseg.models import NetworkSpec, build_unet
 from medseg.models.directory import save_model_dir
-from medseg.models.norms import batch_statistics
 from medseg.plan import make_plan
 from medseg.plots import learning_curve, overlay_slices
 from medseg.progress import ProgressFn, silent
 from medseg.tracking import RankTracker, Tracker, resolve_tracking_uri
 from medseg.training import distributed as dist
 from medseg.training.checkpoint import load_checkpoint, save_checkpoint
-from medseg.training.loop import dice_ce_loss, grad_scaler, train_epoch, validate
+from medseg.training.loop import dice_ce_loss, grad_scaler, train_epoch
 from medseg.training.optim import build_optimizer, build_scheduler, poly_lr_factor
 from medseg.training.sampling import DeviceAugmentation, EpochPatchStream, EpochSampler
+from medseg.training.validation import Validator
 
 Log = Callable[[str], None]
 
@@ -156,7 +155,9 @@ def _run(cfg: Config, resume_dir: Path | None, device: torch.device, info: dist.
         dist.barrier(info)
     m = cfg.model
     net_spec = network_spec(m, len(spec.modality), spec.num_classes)
-    network = build_unet(net_spec).to(device)
+    with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed alone (paired study)
+        torch.manual_seed(cfg.seed)
+        network = build_unet(net_spec).to(device)
     plan = make_plan(fingerprint, target_spacing=cfg.preprocess.target_spacing, patch_size=cfg.sampling.patch_size,
                      strides=net_spec.strides, image_interpolation=cfg.preprocess.image_interpolation,
                      crop_foreground=cfg.preprocess.crop_foreground, max_patch_voxels=cfg.sampling.max_patch_voxels)
@@ -255,60 +256,19 @@ def _datasets(cfg: Config, plan, train_items, val_items, progress, world_size: i
     return stream, val
 
 
-def _validate(network, val_volumes, inferer, plan, amp: str, info: dist.DistInfo, **kwargs) -> dict:
-    """:func:`validate` with the volumes sharded over ranks; every rank gets the metrics of all cases."""
-    val = validate(network, val_volumes[info.rank::info.world_size], inferer, num_classes=plan.num_classes,
-                   spacing=plan.target_spacing, amp=amp, **kwargs)
-    if not info.enabled:
-        return val
-    cases = [c for part in dist.gather(val["cases"], info) for c in part]
-    return {"per_class": summarize([{k: v for k, v in c.items() if k != "case_id"} for c in cases]),
-            "cases": cases, "first": val["first"]}
-
-
-def _dice_by_label(val: dict, plan) -> tuple[dict[str, float], float]:
-    """Dice per foreground label name, and their mean, from a :func:`_validate` result."""
-    dice = {name: val["per_class"][k]["dice"] for k, name in plan.foreground_labels.items()}
-    return dice, float(np.mean(list(dice.values())))
-
-
-def _batch_stats_validation(network, val_volumes, inferer, plan, amp: str, dice_running: float,
-                            info: dist.DistInfo, tta: bool = False) -> dict[str, float]:
-    """Validate a batch-norm network again with batch statistics (of each sliding-window batch)
-    instead of running averages; returns that Dice and the gap ``batch-stats - running-stats``."""
-    with batch_statistics(network):
-        val = _validate(network, val_volumes, inferer, plan, amp, info, tta=tta)
-    dice = _dice_by_label(val, plan)[1]
-    return {"val_dice_mean_batch_stats": dice, "bn_batch_stats_gap": dice - dice_running}
-
-
-def _validation_metrics(network, val_volumes, inferer, plan, amp: str, info: dist.DistInfo, batch_stats: bool,
-                        progress: ProgressFn) -> dict[str, float]:
-    """An epoch's validation: ``val_dice_<label>`` per foreground class, ``val_dice_mean``, the
-    batch-statistics Dice and gap when ``batch_stats``, and ``validation_seconds`` (wall time)."""
-    v0 = time.perf_counter()
-    val = _validate(network, val_volumes, inferer, plan, amp, info, progress=progress)
-    dice, mean = _dice_by_label(val, plan)
-    row = {**{f"val_dice_{name}": d for name, d in dice.items()}, "val_dice_mean": mean}
-    if batch_stats:
-        row.update(_batch_stats_validation(network, val_volumes, inferer, plan, amp, row["val_dice_mean"], info))
-    row["validation_seconds"] = time.perf_counter() - v0
-    return row
-
-
 class TrainingInterrupted(MedsegError):
     """SIGTERM/SIGINT arrived: a checkpoint was saved and the run can be resumed."""
 
 
-def _finish(cfg: Config, plan, net_spec: NetworkSpec, network, val_volumes, inferer, amp: str, info: dist.DistInfo,
-            run_dir: Path, tracker: Tracker | RankTracker, history: list[dict], best: float, best_epoch: int,
-            batch_stats: bool, progress: ProgressFn) -> TrainingResult:
+def _finish(cfg: Config, net_spec: NetworkSpec, validator: Validator, run_dir: Path, tracker: Tracker | RankTracker,
+            history: list[dict], best: float, best_epoch: int, batch_stats: bool,
+            progress: ProgressFn) -> TrainingResult:
     """The end of a run, with the best weights loaded: final validation (HD95, TTA if configured),
     summary metrics, learning curve and validation-slice plots, per-case JSON, model directory
     (the outputs are written by rank 0)."""
-    final = _validate(network, val_volumes, inferer, plan, amp, info, hd95=cfg.validation.hd95, progress=progress,
-                      keep_first=True, tta=cfg.validation.tta)
-    val_dice, mean_dice = _dice_by_label(final, plan)
+    network, plan, info = validator.network, validator.plan, validator.info
+    final = validator.run(hd95=cfg.validation.hd95, progress=progress, keep_first=True, tta=cfg.validation.tta)
+    val_dice, mean_dice = validator.dice_by_label(final)
     val_hd95 = {name: final["per_class"][k]["hd95"] for k, name in plan.foreground_labels.items()}
     summary = {f"best_val_dice_{n}": d for n, d in val_dice.items()}
     summary.update({f"best_val_hd95_{n}": h for n, h in val_hd95.items()})
@@ -317,8 +277,7 @@ def _finish(cfg: Config, plan, net_spec: NetworkSpec, network, val_volumes, infe
     if hd:
         summary["best_val_hd95_mean"] = float(np.mean(hd))
     if batch_stats:
-        gap = _batch_stats_validation(network, val_volumes, inferer, plan, amp, summary["best_val_dice_mean"],
-                                      info, tta=cfg.validation.tta)
+        gap = validator.batch_stats_gap(summary["best_val_dice_mean"], tta=cfg.validation.tta)
         summary.update({f"best_{k}": v for k, v in gap.items()})
     model_dir = run_dir / "model"
     if info.is_main:
@@ -386,7 +345,8 @@ def _fit(cfg: Config, plan, net_spec, network, device, amp: str, train_items, va
     total = t.epochs * t.iterations_per_epoch
     scheduler = build_scheduler(optimizer, total, t.warmup_epochs * t.iterations_per_epoch, t.poly_exponent)
     scaler = grad_scaler(device, amp)
-    inferer = make_inferer(plan.patch_size, cfg.validation.overlap, cfg.validation.sw_batch_size)
+    validator = Validator(network, val_volumes, make_inferer(plan.patch_size, cfg.validation.overlap,
+                                                             cfg.validation.sw_batch_size), plan, amp, info)
     fg_labels = plan.foreground_labels
     ckpt_dir = run_dir / "checkpoints"
     batch_stats = cfg.validation.batch_stats and net_spec.norm == "batch"
@@ -451,7 +411,7 @@ def _fit(cfg: Config, plan, net_spec, network, device, amp: str, train_items, va
                    "peak_memory_mb": peak_memory_mb(device)}
             last_epoch = epoch == t.epochs - 1
             if (epoch + 1) % cfg.validation.every_n_epochs == 0 or last_epoch:
-                row.update(_validation_metrics(network, val_volumes, inferer, plan, amp, info, batch_stats, progress))
+                row.update(validator.epoch_metrics(epoch, batch_stats, progress))
                 if row["val_dice_mean"] > best:
                     best, best_epoch = row["val_dice_mean"], epoch
                     if info.is_main:
@@ -469,7 +429,8 @@ def _fit(cfg: Config, plan, net_spec, network, device, amp: str, train_items, va
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
 
+    # the final model (what the normalizer study compares), before the best epoch's weights replace it
+    tracker.log_metrics(validator.final_model_metrics(t.epochs - 1, progress), step=t.epochs - 1)
     dist.barrier(info)  # best.pt is written by rank 0 (the run folder must be on a shared filesystem)
     network.load_state_dict(load_checkpoint(ckpt_dir / "best.pt", map_location=device)["network"])
-    return _finish(cfg, plan, net_spec, network, val_volumes, inferer, amp, info, run_dir, tracker, history, best,
-                   best_epoch, batch_stats, progress)
+    return _finish(cfg, net_spec, validator, run_dir, tracker, history, best, best_epoch, batch_stats, progress)

@@ -1,12 +1,14 @@
-"""Reproducible patch streams: the i-th patch of epoch e depends only on (seed, e, i).
+"""Reproducible patch streams: the i-th patch of a run depends only on (seed, i).
 
 Which case a patch comes from and how it is cropped and augmented are drawn from seeds derived
-from (seed, epoch, position) with numpy's SeedSequence. The stream is therefore identical
-whatever the number of DataLoader workers, and a run resumed at any iteration sees exactly the
-patches an uninterrupted run would have seen, without saving any random-number state.
+from (seed, i) with numpy's SeedSequence, where i counts the run's training patches from 0.
+The stream is therefore identical whatever the number of DataLoader workers, and a run resumed at
+any iteration sees exactly the patches an uninterrupted run would have seen, without saving any
+random-number state. It does not depend on the batch size or on how iterations are split into
+epochs either: two runs with one seed see the same patches in the same order (patch i is the
+(i mod B)-th example of iteration floor(i / B) at batch size B). This is what pairs the children
+of the normalizer study (medseg/study/sweep.py).
 """
-from __future__ import annotations
-
 import copy
 
 import numpy as np
@@ -18,13 +20,19 @@ def derived_seed(*keys: int) -> int:
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
 
 
+CASE_BLOCK = 1024  # the case of each patch is drawn in blocks of this many stream indices
+
+
 class EpochPatchStream(torch.utils.data.Dataset):
-    """Index ``i = epoch * patches_per_epoch + position`` -> one augmented patch.
+    """Stream index ``i`` (the run's i-th training patch) -> one augmented patch.
+
+    Epoch ``e`` uses indices ``e * patches_per_epoch`` to ``(e + 1) * patches_per_epoch - 1``;
+    what index ``i`` yields depends only on ``(seed, i)``.
 
     Args:
         volumes: indexable preprocessed training volumes (dicts), e.g. a list or a MONAI Dataset.
         transform: the random patch sampling + augmentation (a MONAI Compose).
-        patches_per_epoch: iterations per epoch x batch size.
+        patches_per_epoch: iterations per epoch x batch size (x world size under DDP).
         seed: the run's seed.
         worker_steps: run only the first ``worker_steps`` transforms of ``transform`` here (the patch
             crop) and leave the rest to :class:`DeviceAugmentation`; each patch then carries its
@@ -40,26 +48,25 @@ class EpochPatchStream(torch.utils.data.Dataset):
         self.per_epoch = patches_per_epoch
         self.seed = seed
         self.worker_steps = worker_steps
-        self._orders: dict[int, np.ndarray] = {}
+        self._blocks: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:  # not used by the sampler, which gives explicit indices
         return self.per_epoch
 
-    def case_order(self, epoch: int) -> np.ndarray:
-        """The case index of each position of ``epoch`` (uniform with replacement)."""
-        if epoch not in self._orders:
-            rng = np.random.default_rng(derived_seed(self.seed, epoch, 0xCA5E))
-            self._orders = {epoch: rng.integers(0, len(self.volumes), self.per_epoch)}
-        return self._orders[epoch]
+    def case_index(self, index: int) -> int:
+        """The training case of stream index ``index`` (uniform with replacement)."""
+        block, offset = divmod(int(index), CASE_BLOCK)
+        if block not in self._blocks:
+            rng = np.random.default_rng(derived_seed(self.seed, block, 0xCA5E))
+            self._blocks = {block: rng.integers(0, len(self.volumes), CASE_BLOCK)}
+        return int(self._blocks[block][offset])
 
     def patch_seed(self, index: int) -> int:
-        """The seed of the random transforms of patch ``index``: derived from (seed, epoch, position)."""
-        epoch, position = divmod(int(index), self.per_epoch)
-        return derived_seed(self.seed, epoch, position)
+        """The seed of the random transforms (crop centre, augmentation) of stream index ``index``."""
+        return derived_seed(self.seed, int(index))
 
     def __getitem__(self, index: int):
-        epoch, position = divmod(int(index), self.per_epoch)
-        case = int(self.case_order(epoch)[position])
+        case = self.case_index(index)
         self.transform.set_random_state(seed=self.patch_seed(index))
         if self.worker_steps is None:
             return self.transform(dict(self.volumes[case]))

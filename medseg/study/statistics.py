@@ -1,0 +1,135 @@
+"""Paired comparisons of normalizers from per-case validation Dice (scipy.stats, statsmodels).
+
+Two children of a sweep with the same seed and batch size but different norms saw the same
+training patches in the same order from the same initial weights (see medseg/training/sampling.py),
+and were validated on the same cases. For norms A and B at one batch size:
+
+* per (case, seed): d = Dice_A - Dice_B (Dice: mean over the foreground labels of the case);
+* per case: the mean of d over the seeds both norms have (cases are the resampled unit, and seeds
+  on one case are not independent of each other);
+* the mean paired difference with a 95 % bootstrap confidence interval, cases resampled
+  (``scipy.stats.bootstrap``, BCa, 10,000 resamples, fixed random state);
+* a paired Wilcoxon signed-rank test of the per-case differences (``scipy.stats.wilcoxon``,
+  two-sided), Holm-corrected across all comparisons of a table
+  (``statsmodels.stats.multitest.multipletests``, Holm 1979).
+
+Two norms *tie* when the interval contains 0.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import stats
+
+CONFIDENCE = 0.95
+N_RESAMPLES = 10_000
+RANDOM_STATE = 0
+
+
+def case_dice(per_case: dict[tuple[str, str], float]) -> dict[str, float]:
+    """``{(case, label): Dice}`` -> ``{case: mean Dice over its labels}``."""
+    by_case: dict[str, list[float]] = {}
+    for (case, _label), d in per_case.items():
+        by_case.setdefault(case, []).append(d)
+    return {c: float(np.mean(v)) for c, v in by_case.items()}
+
+
+def paired_case_differences(a: dict[int, dict[str, float]], b: dict[int, dict[str, float]]) -> np.ndarray:
+    """Per-case differences A - B averaged over the seeds both have.
+
+    Args:
+        a, b: ``{seed: {case: Dice}}`` of two norms at one batch size.
+
+    Returns:
+        (cases,) array, cases in sorted order; empty when no (seed, case) is shared.
+    """
+    seeds = sorted(set(a) & set(b))
+    cases = sorted(set.intersection(*(set(a[s]) & set(b[s]) for s in seeds))) if seeds else []
+    return np.array([np.mean([a[s][c] - b[s][c] for s in seeds]) for c in cases], dtype=float)
+
+
+@dataclass
+class Comparison:
+    """One paired comparison of two norms at one batch size (differences are A - B, in Dice)."""
+
+    batch_size: int
+    norm_a: str
+    norm_b: str
+    seeds: int
+    cases: int
+    mean_difference: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    p_holm: float = math.nan
+
+    @property
+    def tie(self) -> bool:
+        """The confidence interval contains 0 (or there is nothing to compare)."""
+        return not (self.ci_low > 0 or self.ci_high < 0)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "tie": self.tie}
+
+
+def compare(d: np.ndarray) -> tuple[float, float, float, float]:
+    """Mean, 95 % bootstrap CI (BCa, cases resampled) and Wilcoxon p-value of paired differences ``d``.
+
+    Returns ``(mean, low, high, p)``; with fewer than 2 cases, or all differences equal, the
+    interval is the mean itself, and the p-value is 1 when every difference is 0.
+    """
+    if d.size == 0:
+        return math.nan, math.nan, math.nan, math.nan
+    mean = float(d.mean())
+    if d.size < 2 or np.all(d == d[0]):
+        return mean, mean, mean, 1.0 if np.all(d == 0) else math.nan
+    ci = stats.bootstrap((d,), np.mean, confidence_level=CONFIDENCE, n_resamples=N_RESAMPLES, method="BCa",
+                         random_state=RANDOM_STATE).confidence_interval
+    p = float(stats.wilcoxon(d, alternative="two-sided").pvalue) if np.any(d != 0) else 1.0
+    return mean, float(ci.low), float(ci.high), p
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-adjusted p-values (NaNs stay NaN and do not count as comparisons)."""
+    from statsmodels.stats.multitest import multipletests
+    finite = [i for i, p in enumerate(p_values) if math.isfinite(p)]
+    out = [math.nan] * len(p_values)
+    if finite:
+        adjusted = multipletests([p_values[i] for i in finite], method="holm")[1]
+        for i, p in zip(finite, adjusted):
+            out[i] = float(p)
+    return out
+
+
+def pairwise_table(dice: dict[tuple[str, int], dict[int, dict[str, float]]], norm_order: list[str]) -> list[Comparison]:
+    """Every pair of norms at every batch size, Holm-corrected across the whole table.
+
+    Args:
+        dice: ``{(norm, batch size): {seed: {case: Dice}}}``.
+        norm_order: norms in display order (A comes before B in it).
+    """
+    rows = []
+    for bs in sorted({b for _, b in dice}):
+        norms = [n for n in norm_order if (n, bs) in dice]
+        for i, na in enumerate(norms):
+            for nb in norms[i + 1:]:
+                a, b = dice[(na, bs)], dice[(nb, bs)]
+                d = paired_case_differences(a, b)
+                mean, lo, hi, p = compare(d)
+                rows.append(Comparison(bs, na, nb, len(set(a) & set(b)), int(d.size), mean, lo, hi, p))
+    for row, p in zip(rows, holm([r.p_value for r in rows])):
+        row.p_holm = p
+    return rows
+
+
+def mean_ci(values: np.ndarray) -> tuple[float, float, float]:
+    """Mean of per-case values with its 95 % bootstrap CI (BCa, cases resampled)."""
+    values = np.asarray(values, dtype=float)
+    if values.size < 2 or np.all(values == values[0]):
+        m = float(values.mean()) if values.size else math.nan
+        return m, m, m
+    ci = stats.bootstrap((values,), np.mean, confidence_level=CONFIDENCE, n_resamples=N_RESAMPLES, method="BCa",
+                         random_state=RANDOM_STATE).confidence_interval
+    return float(values.mean()), float(ci.low), float(ci.high)
