@@ -24,7 +24,7 @@ def _sweep_args(work, uri):
             "--batch-sizes", "1,2", "--seeds", "1", "--budget-samples", "6", "--evaluations", "2",
             "--experiment", EXPERIMENT, "--tracking-uri", uri, "--sweep-id", "s1",
             "--set", f"output_dir={work / 'runs'}", "--set", f"data.cache_dir={work / 'cache'}",
-            "--set", "validation.hd95=false"]
+            "--set", "validation.hd95=false", "--set", "train.amp=none", "--jobs", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,35 @@ def test_one_parent_and_a_child_per_cell_with_tags_params_metrics(sweep):
         assert ("best_bn_batch_stats_gap" in m) == (t["norm"] == "batch")
         hist = sweep["client"].get_metric_history(c.info.run_id, "val_dice_mean")
         assert sorted(h.step for h in hist) == [0, 1]
+        # the final model's per-case Dice: every validation case and label, averaging to its mean
+        cases = {k: v for k, v in m.items() if k.startswith("final_case_dice/")}
+        assert len(cases) == 2 * len({k.split("/")[1] for k in cases}) >= 4
+        assert math.isclose(sum(cases.values()) / len(cases), m["final_val_dice_mean"], rel_tol=1e-9)
+        assert math.isclose(m["final_val_dice_mean"], max(hist, key=lambda h: h.step).value)  # the last epoch's
+        # batch dependence of the trained network: float noise except batch norm in train mode
+        assert m["final_batch_dependence_eval"] < 1e-4
+        assert (m["final_batch_dependence_train"] > 1e-2) == (t["norm"] == "batch")
+
+
+def test_children_of_one_seed_are_paired_end_to_end(sweep):
+    """Batch norm at batch size 1 normalizes each example over (D, H, W) in training, exactly as
+    instance norm: with the same patches and initial weights, their training losses agree to float
+    noise (float32, a few ulps per op over 6 steps: well under rel 1e-4); other patches or weights
+    would change the loss by percents."""
+    by_key = {r.data.tags["medseg.sweep_key"]: r for r in _runs(sweep, "child")}
+    loss = {k: [m.value for m in sorted(sweep["client"].get_metric_history(r.info.run_id, "train_loss"),
+                                          key=lambda m: m.step)] for k, r in by_key.items()}
+    assert loss["batch_bs1_seed0"] == pytest.approx(loss["instance_bs1_seed0"], rel=1e-4)
+    assert abs(loss["instance_bs1_seed0"][0] - loss["instance_bs1_seed0"][1]) > 1e-2 * loss["instance_bs1_seed0"][0]
+
+
+def test_jobs_2_runs_two_children_at_once_under_one_parent(sweep):
+    (parent,) = _runs(sweep, "parent")
+    children = sorted(_runs(sweep, "child"), key=lambda r: r.info.start_time)
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    overlapping = [(a, b) for i, a in enumerate(children) for b in children[i + 1:]
+                   if b.info.start_time < a.info.end_time]
+    assert overlapping, "no two children ran at the same time"
 
 
 def test_the_report_is_built_from_the_store_alone(sweep, tmp_path):
@@ -85,9 +114,10 @@ def test_the_report_is_built_from_the_store_alone(sweep, tmp_path):
     for s in rep["summary"]:  # the table's numbers are the store's numbers
         (run,) = [r for r in _runs(sweep, "child") if r.data.tags["norm"] == s["norm"]
                   and int(r.data.tags["batch_size"]) == s["batch_size"]]
-        assert math.isclose(s["dice_mean_mean"], run.data.metrics["best_val_dice_mean"])
+        assert math.isclose(s["final_dice_mean_mean"], run.data.metrics["final_val_dice_mean"])
+        assert math.isclose(s["best_dice_mean_mean"], run.data.metrics["best_val_dice_mean"])
     md = (tmp_path / "report" / "summary.md").read_text()
-    assert "| batch | 2 | 1 |" in md and "BN batch-stats gap" in md
+    assert "| batch | 2 | 1 | " in md and "BN batch-stats gap" in md and "## Pairwise comparisons" in md
     (parent,) = _runs(sweep, "parent")
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert "report/summary.md" in logged  # the sweep command logged its report to the parent run

@@ -45,8 +45,12 @@ class NetworkSpec:
         return asdict(self)
 
 
-def build_unet(spec: NetworkSpec) -> torch.nn.Module:
+def build_unet(spec: NetworkSpec, seed: int | None = None) -> torch.nn.Module:
     """Build the DynUNet for ``spec``.
+
+    With ``seed``, the initial weights depend on the seed alone (drawn after ``torch.manual_seed(seed)``
+    in a forked RNG, which leaves the global one as it was). Norm layers draw nothing (their affines
+    start at 1 and 0), so every norm gets the same initial convolution weights for one seed.
 
     Input (N, in_channels, X, Y, Z) with each spatial size a multiple of the product of the
     strides; output logits (N, out_channels, X, Y, Z). With deep supervision, in training mode
@@ -55,6 +59,10 @@ def build_unet(spec: NetworkSpec) -> torch.nn.Module:
     Raises:
         ConfigError: unknown norm, or channel counts incompatible with ``num_groups``.
     """
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_unet(spec)
     norm = norm_spec(spec.norm, list(spec.filters), spec.num_groups)
     n = len(spec.filters)
     kernels = [spec.kernel_size] * n

@@ -155,9 +155,7 @@ def _run(cfg: Config, resume_dir: Path | None, device: torch.device, info: dist.
         dist.barrier(info)
     m = cfg.model
     net_spec = network_spec(m, len(spec.modality), spec.num_classes)
-    with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed alone (paired study)
-        torch.manual_seed(cfg.seed)
-        network = build_unet(net_spec).to(device)
+    network = build_unet(net_spec, seed=cfg.seed).to(device)  # initial weights from the seed alone (paired study)
     plan = make_plan(fingerprint, target_spacing=cfg.preprocess.target_spacing, patch_size=cfg.sampling.patch_size,
                      strides=net_spec.strides, image_interpolation=cfg.preprocess.image_interpolation,
                      crop_foreground=cfg.preprocess.crop_foreground, max_patch_voxels=cfg.sampling.max_patch_voxels)
