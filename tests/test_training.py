@@ -3,6 +3,7 @@ import json
 
 import nibabel as nib
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from medseg.cli import app
@@ -34,7 +35,17 @@ def test_mlflow_params_tags_metrics(trained):
     assert all(0 <= m.value <= 1 for m in client.get_metric_history(run.info.run_id, "val_dice_mean"))
     lrs = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "learning_rate"), key=lambda m: m.step)]
     assert lrs[1] < lrs[0]  # poly schedule decays
-    assert "best_val_hd95_Anterior" in run.data.metrics or "best_val_dice_Anterior" in run.data.metrics
+    m = run.data.metrics
+    assert 0 <= m["best_val_dice_Anterior"] <= 1 and 0 <= m["best_val_dice_Posterior"] <= 1
+    # HD95 (mm) per label: the mean over the validation cases where it is defined (a label predicted
+    # and present), as in the run's validation_cases.json; not logged where it is defined for none
+    cases = json.loads((trained["run_dir"] / "validation_cases.json").read_text())
+    for k, name in ((1, "Anterior"), (2, "Posterior")):
+        per_case = [c[str(k)]["hd95"] for c in cases if np.isfinite(c[str(k)]["hd95"])]
+        if per_case:
+            assert m[f"best_val_hd95_{name}"] == pytest.approx(np.mean(per_case)) and m[f"best_val_hd95_{name}"] >= 0
+        else:
+            assert f"best_val_hd95_{name}" not in m
 
 
 def test_mlflow_artifacts(trained):
@@ -92,3 +103,20 @@ def test_batch_size_one_with_batch_norm_and_disk_cache(tmp_path, monkeypatch):
     assert (tmp_path / "mlflow.db").exists()  # the default local store
     loaded = load_model_dir(result.model_dir)
     assert loaded.spec.norm == "batch" and loaded.spec.deep_supervision
+
+
+def test_a_nan_loss_is_a_medseg_error_that_names_the_fix():
+    import torch
+
+    from medseg.errors import MedsegError
+    from medseg.models import NetworkSpec, build_unet
+    from medseg.training.loop import dice_ce_loss, training_step
+    from medseg.training.optim import build_optimizer
+
+    net = build_unet(NetworkSpec(1, 3, [4, 8, 16], [1, 2, 2]), seed=0)
+    image = torch.full((1, 1, 8, 8, 8), float("nan"))
+    label = torch.zeros((1, 1, 8, 8, 8), dtype=torch.long)
+    with pytest.raises(MedsegError, match="Lower train.lr") as e:
+        training_step(net, image, label, dice_ce_loss(), build_optimizer(net.parameters(), "sgd", 0.01),
+                      device=torch.device("cpu"))
+    assert e.value.path == "train.lr"

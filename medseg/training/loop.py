@@ -8,9 +8,14 @@ import torch
 from monai.losses import DiceCELoss
 from monai.utils import convert_to_tensor
 
+from medseg.errors import MedsegError
 from medseg.evaluation import per_class_metrics, summarize
 from medseg.inference.sliding_window import autocast, effective_amp, predict_probabilities
 from medseg.progress import ProgressFn, silent
+
+
+class TrainingDiverged(MedsegError):
+    """The training loss became NaN or infinite."""
 
 
 def dice_ce_loss() -> DiceCELoss:
@@ -49,15 +54,17 @@ def training_step(network, image: torch.Tensor, label: torch.Tensor, loss_fn, op
         the loss (0-dim float32 tensor; ``.item()`` reads it).
 
     Raises:
-        FloatingPointError: the loss is NaN or infinite.
+        TrainingDiverged: the loss is NaN or infinite (a :class:`~medseg.errors.MedsegError`).
     """
     optimizer.zero_grad(set_to_none=True)
     with autocast(device, amp):
         output = network(image)
     loss = deep_supervision_loss(loss_fn, output.float(), label)  # softmax, Dice and CE in float32
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"training loss is {loss.item()} at learning rate "
-                                 f"{optimizer.param_groups[0]['lr']:.3g}; lower train.lr or enable grad_clip")
+        raise TrainingDiverged(f"the training loss became {loss.item()} at learning rate "
+                               f"{optimizer.param_groups[0]['lr']:.3g}. Lower train.lr (e.g. by 3x), keep "
+                               "train.grad_clip set, or use train.amp=none if fp16 overflowed; check the images for "
+                               "NaN/Inf (medseg fingerprint). The last checkpoint is from the previous epoch.", "train.lr")
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -99,7 +106,7 @@ def train_epoch(network, loader, loss_fn, optimizer, scheduler, *, device: torch
         ``interrupted`` (bool).
 
     Raises:
-        FloatingPointError: the loss became NaN or infinite.
+        TrainingDiverged: the loss became NaN or infinite.
     """
     network.train()
     losses = [] if losses is None else losses
