@@ -244,6 +244,11 @@ def sweep(
                              "when there are GPUs, else the CPU threads split between them)."),
     plateau_delta: float = typer.Option(PLATEAU_DELTA, "--plateau-delta", min=0.0, help="A child whose last "
                                         "validation improved mean Dice by more than this is reported not converged."),
+    executor: str = typer.Option("local", "--executor", help="local (subprocesses here), slurm (a submitit job "
+                                 "array; pip install 'medseg[slurm]') or submitit-local (the slurm path, here)."),
+    slurm_partition: str | None = typer.Option(None, "--slurm-partition", help="SLURM partition (--executor slurm)."),
+    timeout_min: int = typer.Option(24 * 60, "--timeout-min", min=1, help="Time limit per child in minutes "
+                                    "(--executor slurm)."),
 ):
     """Train one model per (norm, batch size, seed) as child MLflow runs of one parent run, then report.
 
@@ -266,7 +271,8 @@ def sweep(
     spec = SweepSpec(norms=_csv(norms, str, "--norms"), batch_sizes=_csv(batch_sizes, int, "--batch-sizes"),
                      seeds=tuple(range(seeds)), budget=kind, budget_value=float(value), lr_rule=lr_rule,
                      evaluations=evaluations)
-    sid, parent_id, status = run_sweep(cfg, spec, sweep_id=sweep_id, log=console.print, jobs=jobs)
+    sid, parent_id, status = run_sweep(cfg, spec, sweep_id=sweep_id, log=console.print, jobs=jobs, executor=executor,
+                                       slurm_partition=slurm_partition, timeout_min=timeout_min)
     folder = report_dir or Path(cfg.output_dir) / "sweeps" / sid / "report"
     report = build_report(_uri(tracking_uri or cfg.tracking.tracking_uri), cfg.tracking.experiment, folder, sid,
                           plateau_delta=plateau_delta)

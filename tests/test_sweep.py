@@ -179,3 +179,27 @@ def test_a_minutes_budget_turns_measured_seconds_per_iteration_into_iterations()
     assert 0 < seconds < 60 and cache[("group", 2)] == seconds
     spec = SweepSpec(("group",), (2,), (0,), "minutes", 1.0)
     assert child_iterations(spec, 2, seconds) == int(60 / seconds)
+
+
+def test_a_submitit_sweep_gives_the_same_parent_and_child_runs(tmp_path):
+    """The SLURM path (a submitit job array) on submitit's local executor."""
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    args = ["sweep", "--config", str(ROOT / "configs/demo.yaml"), "--data", str(SAMPLE), "--norms", "instance,batch",
+            "--batch-sizes", "2", "--seeds", "1", "--budget-samples", "2", "--evaluations", "1",
+            "--experiment", "submitit-test", "--tracking-uri", uri, "--executor", "submitit-local",
+            "--set", f"output_dir={tmp_path / 'runs'}", "--set", f"data.cache_dir={tmp_path / 'cache'}",
+            "--set", "validation.hd95=false", "--set", "train.amp=none"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "submitit job" in result.output
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("submitit-test").experiment_id
+    (parent,) = client.search_runs([exp], "tags.`medseg.role` = 'parent'")
+    children = client.search_runs([exp], "tags.`medseg.role` = 'child'")
+    assert parent.info.status == "FINISHED"
+    assert {c.data.tags["medseg.sweep_key"] for c in children} == {"instance_bs2_seed0", "batch_bs2_seed0"}
+    assert all(c.info.status == "FINISHED" and c.data.tags["mlflow.parentRunId"] == parent.info.run_id
+               for c in children)
+    assert list((tmp_path / "runs" / "sweeps").glob("*/submitit/*"))  # submitit's job folders
+    again = CliRunner().invoke(app, args)  # resume semantics unchanged: nothing left to run
+    assert again.exit_code == 0 and again.output.count("finished before, skipped") == 2

@@ -291,9 +291,67 @@ def run_local(tasks: list[Task], jobs: int, log: Log) -> tuple[dict[str, int], s
     return codes, stop["signal"]
 
 
+EXECUTORS = ("local", "slurm", "submitit-local")
+
+
+def run_command(cmd: list[str]) -> int:
+    """Run one child's command line and return its exit code (what a submitit job executes)."""
+    return subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode
+
+
+def run_submitit(tasks: list[Task], jobs: int, log: Log, folder: Path, cluster: str | None,
+                 timeout_min: int = 24 * 60, slurm_partition: str | None = None,
+                 gpus_per_child: int = 0) -> tuple[dict[str, int], str | None]:
+    """Run the tasks as one submitit job array: a SLURM job array (``cluster=None`` on a SLURM
+    login node, or ``"slurm"``), or submitit's local executor (``"local"``: the same code path on
+    this machine, for testing). At most ``jobs`` array tasks run at once on SLURM. Needs
+    ``pip install medseg[slurm]``. The children's paths (configs, run folders, the MLflow store)
+    must be on a filesystem every node sees.
+
+    Ctrl-C cancels the array (SLURM sends SIGTERM, so running children save a checkpoint).
+
+    Returns:
+        (``{key: exit code}``, the interruption's name or None).
+
+    Raises:
+        MedsegError: submitit is not installed.
+    """
+    try:
+        import submitit
+    except ImportError:
+        raise MedsegError("the slurm executor needs submitit: pip install 'medseg[slurm]'", "--executor") from None
+    if not tasks:
+        return {}, None
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    params = {"timeout_min": timeout_min, "slurm_array_parallelism": max(1, jobs), "name": "medseg-sweep"}
+    if gpus_per_child:
+        params["gpus_per_node"] = gpus_per_child
+    if slurm_partition:
+        params["slurm_partition"] = slurm_partition
+    executor.update_parameters(**params)
+    submitted = executor.map_array(run_command, [t.cmd for t in tasks])
+    for task, job in zip(tasks, submitted):
+        log(f"{task.note} (submitit job {job.job_id})")
+    codes: dict[str, int] = {}
+    try:
+        for task, job in zip(tasks, submitted):
+            try:
+                codes[task.key] = int(job.result())
+            except Exception as e:  # the job itself failed (node failure, timeout, cancelled)
+                log(f"{task.key}: submitit job {job.job_id} failed: {type(e).__name__}: {str(e)[:300]}")
+                codes[task.key] = 1
+            log(f"{task.key}: {'finished' if codes[task.key] == 0 else f'failed (exit {codes[task.key]})'}")
+    except KeyboardInterrupt:
+        for job in submitted:
+            job.cancel(check=False)
+        return codes, "SIGINT"
+    return codes, None
+
+
 def run_sweep(base: Config, spec: SweepSpec, *, sweep_dir: Path | None = None, sweep_id: str | None = None,
               log: Log = lambda s: None, python: str = sys.executable,
-              jobs: int = 1) -> tuple[str, str, dict[str, str]]:
+              jobs: int = 1, executor: str = "local", slurm_partition: str | None = None,
+              timeout_min: int = 24 * 60) -> tuple[str, str, dict[str, str]]:
     """Run (or continue) a sweep: one ``medseg train`` subprocess per unfinished child.
 
     Args:
@@ -301,7 +359,11 @@ def run_sweep(base: Config, spec: SweepSpec, *, sweep_dir: Path | None = None, s
             to every child; ``train.lr`` is the learning rate at ``train.batch_size``.
         sweep_dir: where child configs and run folders go (default ``output_dir/sweeps/<sweep_id>``).
         sweep_id: default :func:`sweep_id_for`.
-        jobs: children run at once on this machine (see :func:`run_local`).
+        jobs: children run at once (see :func:`run_local`; on SLURM, the array's parallelism).
+        executor: ``local`` (subprocesses on this machine), ``slurm`` (a submitit job array; each
+            child on its own node slot, one GPU when ``train.device`` is not cpu), or
+            ``submitit-local`` (submitit's local executor: the SLURM code path on this machine).
+        slurm_partition, timeout_min: SLURM settings of each array task.
 
     Returns:
         (sweep id, parent run id, ``{child key: "finished" | "skipped" | "failed (exit N)"}``).
@@ -313,6 +375,8 @@ def run_sweep(base: Config, spec: SweepSpec, *, sweep_dir: Path | None = None, s
     """
     if base.data.root is None:
         raise ConfigError("no dataset: set data.root in the config or pass --data DIR", "data.root")
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}", "--executor")
     from medseg.data import read_dataset
     dataset = read_dataset(base.data.root)  # bad data fails here, once, not in every child
     doc = base.model_dump(mode="json")
@@ -363,7 +427,13 @@ def run_sweep(base: Config, spec: SweepSpec, *, sweep_dir: Path | None = None, s
             note = (f"{cfg.train.epochs * cfg.train.iterations_per_epoch} iterations at batch size "
                     f"{child.batch_size}, lr {cfg.train.lr:.3g}" + (f" (measured {seconds:.3f} s/it)" if seconds else ""))
         tasks.append(Task(child.key, cmd, f"[{i}/{len(children)}] {child.key}: {note}"))
-    codes, interrupted = run_local(tasks, jobs, log)
+    if executor == "local":
+        codes, interrupted = run_local(tasks, jobs, log)
+    else:
+        codes, interrupted = run_submitit(
+            tasks, jobs, log, sweep_dir / "submitit", cluster="local" if executor == "submitit-local" else "slurm",
+            timeout_min=timeout_min, slurm_partition=slurm_partition,
+            gpus_per_child=0 if base.train.device == "cpu" or executor == "submitit-local" else 1)
     for key, code in codes.items():
         status[key] = "finished" if code == 0 else f"failed (exit {code})"
     if interrupted:
