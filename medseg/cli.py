@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medseg import __version__
-from medseg.errors import MedsegError
+from medseg.errors import EXIT_FAILED_CASES, MedsegError
 from medseg.models.norms import NORMS
 from medseg.study.rules import PLATEAU_DELTA
 from medseg.progress import rich_progress, silent
@@ -21,7 +21,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="3D U-Net segmentation of CT/MRI volumes with a choice of normalization, tracked in MLflow.")
 console = Console(stderr=True)
 out = Console()
-_state = {"debug": False}
 
 
 def _version(value: bool):
@@ -33,7 +32,7 @@ def _version(value: bool):
 @app.callback()
 def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
           version: bool = typer.Option(False, "--version", callback=_version, is_eager=True)):
-    _state["debug"] = debug
+    """Global options (``--debug`` is read by :func:`run_cli` from the arguments)."""
 
 
 def _fmt(x: float) -> str:
@@ -59,7 +58,7 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines."),
 ):
     """Train a 3D U-Net on an MSD dataset and validate it on one fold; log everything to MLflow."""
-    from medseg.config import load_config
+    from medseg.config import check_resume_overrides, load_config
     from medseg.training.run import find_run_dir, run_training
 
     overrides = list(set_)
@@ -77,6 +76,10 @@ def train(
         overrides.append(f"tracking.tracking_uri={tracking_uri}")
     resume_dir = None
     if resume:
+        if config is not None:
+            raise MedsegError("cannot be combined with --resume: a resumed run keeps its own config.yaml "
+                              "(drop --config; --set may change where data and the store are)", "--config")
+        check_resume_overrides(overrides)
         resume_dir = find_run_dir(resume, tracking_uri)
         config = resume_dir / "config.yaml"
     elif config is None:
@@ -112,7 +115,9 @@ def evaluate(
     from medseg.inference.predictor import Predictor
     from medseg.models.directory import load_model_dir
 
-    loaded = load_model_dir(model, device=device)
+    from medseg.devices import resolve_device
+
+    loaded = load_model_dir(model, device=resolve_device(device))
     spec = read_dataset(data)
     case_ids = None
     if fold_only:
@@ -186,10 +191,13 @@ def predict(
     table.add_row(str(len(inputs)), str(len(summary.done)), str(len(summary.skipped)), str(len(summary.failed)),
                   f"{summary.seconds:.1f}", f"{per:.2f}")
     out.print(table)
+    for name, said in summary.warnings.items():
+        for msg in said:
+            console.print(f"[bold yellow]warning:[/] {name}: {msg}", highlight=False, soft_wrap=True)
     for name, msg in summary.failed.items():
-        console.print(f"[bold red]failed:[/] {name}: {msg}")
+        console.print(f"[bold red]failed:[/] {name}: {msg}", highlight=False, soft_wrap=True)
     if summary.failed:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED_CASES)
 
 
 @app.command()
@@ -282,7 +290,7 @@ def sweep(
     for k, v in failed.items():
         console.print(f"[bold red]{k}:[/] {v}")
     if failed:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED_CASES)
 
 
 def _uri(uri: str | None) -> str:
@@ -365,28 +373,102 @@ def ui(
     raise typer.Exit(code)
 
 
-def main() -> None:
-    """Entry point: user errors are printed without a traceback (``--debug`` shows it) and exit 2."""
+def _click_exception_types() -> tuple[type, ...]:
+    """The click exception classes typer raises: typer >= 0.17 bundles its own copy of click
+    (``typer._click``), whose exceptions are not ``click.ClickException``; older typer uses click."""
+    types = []
     try:
-        app(standalone_mode=False)
+        from typer._click.exceptions import ClickException as bundled
+        types.append(bundled)
+    except ImportError:
+        pass
+    try:
+        import click
+        types.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+def _abort_types() -> tuple[type, ...]:
+    types: list[type] = [typer.Abort]
+    try:
+        from typer._click.exceptions import Abort as bundled
+        types.append(bundled)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+def _usage_message(e: Exception) -> str:
+    ctx = getattr(e, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    return f"{e.format_message()}{hint}"
+
+
+def run_cli(argv: list[str] | None = None) -> int:
+    """Run the command line and map every outcome to one exit code (the error boundary).
+
+    Exit codes: 0 success; 1 some cases (predict, evaluate) or sweep children failed; 2 bad input
+    or usage (a medseg error, a usage error, an OS error on a user's path, an MLflow error, out of
+    memory); 130 interrupted (Ctrl-C or SIGTERM; a run saved its checkpoint); 3 an internal error
+    (a bug: rerun with ``--debug`` and report the traceback). Every failure is one line on stderr;
+    ``medseg --debug ...`` adds the traceback.
+
+    Args:
+        argv: arguments without the program name (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit code.
+    """
+    from medseg.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+
+    def fail(message: str, code: int) -> int:
+        if debug:
+            console.print_exception()
+        console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        return code
+
+    try:
+        rv = app(args=argv, prog_name="medseg", standalone_mode=False)
     except MedsegError as e:
         from medseg.study.sweep import SweepInterrupted
         from medseg.training.run import TrainingInterrupted
         if isinstance(e, (TrainingInterrupted, SweepInterrupted)):
-            console.print(f"[bold yellow]interrupted:[/] {e}")
-            sys.exit(130)
-        if _state["debug"]:
-            console.print_exception()
-        console.print(f"[bold red]error:[/] {e}")
-        sys.exit(2)
+            console.print(f"[bold yellow]interrupted:[/] {e}", highlight=False, soft_wrap=True)
+            return EXIT_INTERRUPTED
+        return fail(str(e), EXIT_USAGE)
     except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.Abort:
-        console.print("aborted")
-        sys.exit(130)
-    except Exception as e:  # click usage errors
-        import click
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+        rv = e.exit_code
+    except (KeyboardInterrupt, *_abort_types()):
+        console.print("[bold yellow]interrupted[/]")
+        return EXIT_INTERRUPTED
+    except _click_exception_types() as e:
+        code = getattr(e, "exit_code", EXIT_USAGE)
+        return fail(_usage_message(e), code if code else EXIT_USAGE)
+    except MemoryError:
+        return fail("out of memory: use a smaller patch (sampling.patch_size), batch size or "
+                    "--sw-batch-size, or a machine with more memory", EXIT_USAGE)
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        return fail(f"{where}{e.strerror or e}", EXIT_USAGE)
+    except Exception as e:  # noqa: BLE001 - the boundary: MLflow, torch OOM, or a bug
+        name = type(e).__name__
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        if "OutOfMemoryError" in name:
+            return fail(f"out of memory on the device: {first}; use a smaller patch, batch size or "
+                        "--sw-batch-size", EXIT_USAGE)
+        if type(e).__module__.startswith("mlflow"):
+            return fail(f"MLflow: {first}", EXIT_USAGE)
+        return fail(f"internal error ({name}: {first}); rerun with --debug and report the traceback",
+                    EXIT_INTERNAL)
+    if isinstance(rv, int) and rv == EXIT_INTERRUPTED:
+        console.print("[bold yellow]interrupted[/]")
+    return rv if isinstance(rv, int) else EXIT_OK
+
+
+def main() -> None:
+    """The installed ``medseg`` entry point: exits with :func:`run_cli`'s code."""
+    sys.exit(run_cli())

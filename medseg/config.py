@@ -10,14 +10,17 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medseg.errors import ConfigError
 
-Triple = tuple[int, int, int]
+PosInt = Annotated[int, Field(ge=1)]
+Triple = tuple[PosInt, PosInt, PosInt]
+MAX_CONFIG_VALUES = 100_000  # a YAML file whose anchors/aliases expand beyond this is refused
+MAX_ECHO = 120  # characters of a bad value echoed in an error message
 NormName = Literal["instance", "group", "batch", "layer", "none"]
 
 
@@ -91,11 +94,12 @@ class ModelConfig(_Strict):
 
     norm: NormName = "instance"
     num_groups: int = Field(8, ge=1, description="Groups for norm=group.")
-    filters: list[int] = Field(default_factory=lambda: [16, 32, 64, 128])
-    strides: list[int | Triple] = Field(
-        default_factory=lambda: [1, 2, 2, 2], description="Per level; the first is usually 1."
+    filters: list[PosInt] = Field(default_factory=lambda: [16, 32, 64, 128], max_length=12,
+                                  description="Feature maps per level (each >= 1).")
+    strides: list[PosInt | Triple] = Field(
+        default_factory=lambda: [1, 2, 2, 2], max_length=12, description="Per level (each >= 1); the first is usually 1."
     )
-    kernel_size: int = Field(3, ge=1)
+    kernel_size: int = Field(3, ge=1, le=7, description="Odd convolution kernel size (padding keeps the shape).")
     deep_supervision: bool = False
     res_block: bool = False
 
@@ -106,6 +110,14 @@ class ModelConfig(_Strict):
         if len(self.filters) < 2:
             raise ValueError("the U-Net needs at least 2 levels")
         return self
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd_kernel(cls, v):
+        if v % 2 == 0:
+            raise ValueError("must be odd: an even kernel cannot keep the feature maps' shape, so the skip "
+                             "connections would not line up")
+        return v
 
 
 class TrainConfig(_Strict):
@@ -166,6 +178,14 @@ class TrackingConfig(_Strict):
     parent_run_id: str | None = Field(None, description="Make the run a child of this MLflow run (a sweep sets it).")
     tags: dict[str, str] = Field(default_factory=dict, description="Extra MLflow tags on the run.")
 
+    @field_validator("run_name")
+    @classmethod
+    def _folder_name(cls, v):
+        if v is not None and (not v.strip() or v in (".", "..") or any(c in v for c in "/\\\0") or len(v) > 200):
+            raise ValueError("must be a plain folder name (no / or \\, not . or .., at most 200 characters): the run "
+                             "folder is output_dir/<run_name>")
+        return v
+
 
 class Config(_Strict):
     """A whole training run's configuration."""
@@ -181,6 +201,15 @@ class Config(_Strict):
     validation: ValidationConfig = ValidationConfig()
     tracking: TrackingConfig = TrackingConfig()
 
+    @model_validator(mode="after")
+    def _network_fits(self):
+        from medseg.models.norms import norm_spec
+        from medseg.plan import check_patch_size
+        if self.sampling.patch_size is not None:
+            check_patch_size(self.sampling.patch_size, self.model.strides)
+        norm_spec(self.model.norm, list(self.model.filters), self.model.num_groups)
+        return self
+
 
 def _format_validation_error(err: ValidationError) -> str:
     lines = []
@@ -189,8 +218,24 @@ def _format_validation_error(err: ValidationError) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"  {loc}: {msg}" + ("" if e["type"] == "extra_forbidden" else f" (got {e.get('input')!r})"))
+        got = repr(e.get("input"))
+        got = got if len(got) <= MAX_ECHO else got[:MAX_ECHO] + "..."
+        lines.append(f"  {loc}: {msg}" + ("" if e["type"] == "extra_forbidden" else f" (got {got})"))
     return "invalid configuration:\n" + "\n".join(lines)
+
+
+def _count_values(node: Any, limit: int) -> int:
+    """Values in a loaded YAML document, counting every alias expansion, stopping past ``limit``."""
+    count, stack = 0, [node]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return count
 
 
 def _set_dotted(doc: dict, dotted: str, value: Any, source: str) -> None:
@@ -222,6 +267,27 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
+# What ``medseg train --resume RUN --set key=value`` may change: where things are and how fast they
+# run, never what the run computes (network, data split, batch size, iteration plan, schedule).
+RESUME_OVERRIDES = ("data.root", "data.cache", "data.cache_dir", "data.num_workers", "data.persistent_workers",
+                    "train.device", "train.checkpoint_every_iterations", "validation.sw_batch_size",
+                    "tracking.tracking_uri")
+
+
+def check_resume_overrides(overrides: list[str]) -> None:
+    """Refuse ``--set`` overrides that would make a resumed run compute something other than what
+    its checkpoint and recorded ``config.yaml`` say.
+
+    Raises:
+        ConfigError: naming the refused keys and the ones that may change (:data:`RESUME_OVERRIDES`).
+    """
+    refused = [k for k, _ in parse_overrides(overrides) if k not in RESUME_OVERRIDES]
+    if refused:
+        raise ConfigError(f"{', '.join(refused)} cannot change when a run is resumed: its checkpoint, learning-rate "
+                          "schedule and recorded config.yaml fix them. Start a new run instead; on resume only "
+                          f"{', '.join(RESUME_OVERRIDES)} may change", "--set")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load a YAML config, apply ``--set`` overrides, and validate it.
 
@@ -247,6 +313,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"not valid YAML: {e}", p) from None
         if not isinstance(doc, dict):
             raise ConfigError("the top level of a config must be a mapping of sections", p)
+        if _count_values(doc, MAX_CONFIG_VALUES) > MAX_CONFIG_VALUES:
+            raise ConfigError(f"the config expands to more than {MAX_CONFIG_VALUES} values (nested YAML "
+                              "anchors/aliases?); a medseg config has about a hundred", p)
     for key, value in parse_overrides(overrides or []):
         _set_dotted(doc, key, value, source)
     try:

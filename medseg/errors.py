@@ -8,6 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# Exit codes of the ``medseg`` command (README, "Exit codes").
+EXIT_OK = 0  # success
+EXIT_FAILED_CASES = 1  # some cases (predict, evaluate) or sweep children failed; the others were done
+EXIT_USAGE = 2  # bad input or usage: nothing was written
+EXIT_INTERNAL = 3  # a bug: rerun with --debug and report the traceback
+EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM
+
 
 class MedsegError(Exception):
     """Base class for errors caused by user input.
@@ -33,3 +40,9 @@ class DataError(MedsegError):
 
 class ModelError(MedsegError):
     """A network definition or a model directory is invalid."""
+
+
+class InputWarning(UserWarning):
+    """An input that medseg can process but whose result is probably meaningless (a blank or
+    constant image). ``medseg predict`` lists these per case; the Python API raises them through
+    :mod:`warnings`."""

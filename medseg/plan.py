@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from medseg.data.fingerprint import default_patch_size, network_divisor
-from medseg.errors import ConfigError
+from medseg.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,34 @@ def check_patch_size(patch_size, strides) -> None:
                           "sampling.patch_size")
 
 
+MAX_RESAMPLED_VOXELS = 2**28  # a volume resampled to the target spacing may hold at most this many voxels
+MAX_UPSAMPLING = 64.0  # nor this many times the voxels it had: a header spacing that far off is an error
+
+
+def check_resampled_size(shape, spacing, target_spacing, where) -> None:
+    """Refuse a volume that resampling to ``target_spacing`` would blow up before it is resampled.
+
+    Args:
+        shape: voxels per axis; spacing: mm per axis, in the same axis order.
+        target_spacing: mm per axis (any axis order: only the product counts).
+        where: the file or case named in the error.
+
+    Raises:
+        DataError: more than :data:`MAX_RESAMPLED_VOXELS` voxels after resampling, or more than
+            :data:`MAX_UPSAMPLING` times the voxels the volume has.
+    """
+    voxels = float(np.prod(np.asarray(shape[:3], dtype=float)))
+    factor = float(np.prod(np.asarray(spacing[:3], dtype=float)) / np.prod(np.asarray(target_spacing, dtype=float)))
+    after = voxels * factor
+    if after > MAX_RESAMPLED_VOXELS or factor > MAX_UPSAMPLING:
+        raise DataError(f"resampling this volume ({' x '.join(str(int(n)) for n in shape[:3])} voxels of "
+                        f"{' x '.join(f'{s:.3g}' for s in spacing[:3])} mm) to the model's "
+                        f"{' x '.join(f'{s:.3g}' for s in target_spacing)} mm would make {after:.3g} voxels "
+                        f"({factor:.3g} times as many; limits {MAX_RESAMPLED_VOXELS:.3g} voxels, "
+                        f"{MAX_UPSAMPLING:g} times): check the header's voxel spacing, or use a model trained at "
+                        "a spacing closer to this image's", where)
+
+
 def make_plan(fingerprint: dict, *, target_spacing=None, patch_size=None, strides, image_interpolation="linear",
               crop_foreground=False, max_patch_voxels=128**3) -> Plan:
     """Resolve the plan from a fingerprint (see :mod:`medseg.data.fingerprint`) and explicit settings.
@@ -91,8 +121,11 @@ def make_plan(fingerprint: dict, *, target_spacing=None, patch_size=None, stride
 
     Raises:
         ConfigError: the patch size is not a multiple of the network's downsampling.
+        DataError: a case would become too large when resampled (:func:`check_resampled_size`).
     """
     spacing = tuple(float(s) for s in (target_spacing or fingerprint["median_spacing"]))
+    for case, geometry in fingerprint.get("cases", {}).items():
+        check_resampled_size(geometry["shape"], geometry["spacing"], spacing, f"case {case}")
     if patch_size is None:
         patch_size = default_patch_size(fingerprint, spacing, network_divisor(strides), max_patch_voxels)
     check_patch_size(patch_size, strides)

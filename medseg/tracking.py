@@ -17,9 +17,7 @@ from mlflow.entities import Metric, Param, RunTag
 
 from medseg import __version__
 from medseg.errors import MedsegError
-
-DEFAULT_URI = "sqlite:///mlflow.db"
-
+from medseg.keys import mlflow_key
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """``uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` (absolute, in the working dir)."""
@@ -114,24 +112,24 @@ class Tracker:
 
     def has_metric(self, key: str, step: int) -> bool:
         """Whether ``key`` was already logged at ``step`` (to log nothing twice after a resume)."""
-        return any(m.step == step for m in self.client.get_metric_history(self.run_id, key))
+        return any(m.step == step for m in self.client.get_metric_history(self.run_id, mlflow_key(key)))
 
     def log_params(self, params: dict[str, str]) -> None:
         """Log parameters (values as strings), in batches of 100."""
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        items = [Param(mlflow_key(k), str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i:i + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Log metrics at ``step`` (the epoch); NaN values are skipped."""
+        """Log metrics at ``step`` (the epoch); NaN values are skipped; keys pass through :func:`mlflow_key`."""
         ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, step) for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
+        items = [Metric(mlflow_key(k), float(v), ts, step) for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
         for i in range(0, len(items), 1000):  # MLflow's limit per log_batch call
             self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
 
     def set_tags(self, tags: dict[str, str]) -> None:
         """Add or overwrite string tags."""
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.client.log_batch(self.run_id, tags=[RunTag(mlflow_key(k), str(v)) for k, v in tags.items()])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Copy one local file into the run's artifacts (under ``artifact_path``)."""

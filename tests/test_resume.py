@@ -17,8 +17,11 @@ SETTINGS = ["--set", "train.epochs=3", "--set", "train.iterations_per_epoch=4", 
 
 
 def _train(work, uri, *extra, wait=True):
-    cmd = [sys.executable, "-m", "medseg", "train", "--config", str(ROOT / "configs/demo.yaml"), "--data", str(SAMPLE),
-           "--tracking-uri", uri, "--quiet", "--set", f"output_dir={work / 'runs'}", *SETTINGS, *extra]
+    if "--resume" in extra:  # a resumed run takes everything from its own config.yaml
+        cmd = [sys.executable, "-m", "medseg", "train", "--tracking-uri", uri, "--quiet", *extra]
+    else:
+        cmd = [sys.executable, "-m", "medseg", "train", "--config", str(ROOT / "configs/demo.yaml"), "--data",
+               str(SAMPLE), "--tracking-uri", uri, "--quiet", "--set", f"output_dir={work / 'runs'}", *SETTINGS, *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if wait:

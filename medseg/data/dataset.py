@@ -79,6 +79,23 @@ def _require(doc: dict, key: str, kind: type, path: Path):
     return doc[key]
 
 
+def _check_label_names(labels: dict[int, str], path: Path) -> None:
+    """Label names become result columns and MLflow keys: they must be non-empty and unique, also
+    after the characters MLflow refuses are replaced (``Anterior (head)`` is logged as ``Anterior _head_``)."""
+    from medseg.keys import mlflow_key
+    seen: dict[str, int] = {}
+    for value, name in sorted(labels.items()):
+        if not name.strip():
+            raise DataError(f"label {value} has an empty name in 'labels'", path)
+        key = mlflow_key(name, allow_slash=False).casefold()
+        if key in seen:
+            same = "the same name" if labels[seen[key]] == name else \
+                f"names that are the same as MLflow keys ({labels[seen[key]]!r}, {name!r} -> {key!r})"
+            raise DataError(f"labels {seen[key]} and {value} have {same}: every label needs its own name, or one "
+                            "class's results would overwrite the other's", path)
+        seen[key] = value
+
+
 def read_dataset(root: str | Path) -> DatasetSpec:
     """Read an MSD task folder's ``dataset.json`` and check that every listed file exists.
 
@@ -91,7 +108,8 @@ def read_dataset(root: str | Path) -> DatasetSpec:
     Raises:
         DataError: the folder or dataset.json is missing, dataset.json is not JSON or lacks
             ``modality``/``labels``/``training``, the label values are not integers 0..K with 0
-            present, the training list is empty, or a listed image or label file is missing.
+            present, two labels share a name (also after MLflow key sanitizing), the training
+            list is empty, or a listed image or label file is missing.
     """
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
@@ -115,6 +133,7 @@ def read_dataset(root: str | Path) -> DatasetSpec:
         raise DataError("'labels' and 'modality' keys must be integers as strings (\"0\", \"1\", ...)", path) from None
     if 0 not in labels or sorted(labels) != list(range(len(labels))):
         raise DataError(f"'labels' must be 0..K with 0 = background, got {sorted(labels)}", path)
+    _check_label_names(labels, path)
     if not mods:
         raise DataError("'modality' is empty", path)
     if not training:

@@ -8,10 +8,46 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
 from medseg.atomic import atomic_path
 from medseg.errors import DataError
+
+
+SLICE_SPACING_TOLERANCE = 0.01  # largest deviation of a slice gap from the median gap, as a share of it
+
+
+def check_slice_positions(positions: np.ndarray, orientation: np.ndarray, where: str | Path) -> None:
+    """Refuse a series whose slices are not evenly spaced along the slice normal.
+
+    A missing, duplicated or unreadable slice (GDCM leaves it out) would otherwise be read as an
+    evenly spaced volume, misplacing every slice after the gap by up to a slice thickness. The
+    same check as dcm2niix's and ITK's non-uniform sampling warning, but refusing.
+
+    Args:
+        positions: (S, 3) ImagePositionPatient of each slice in reading order (mm, LPS).
+        orientation: ImageOrientationPatient (6 direction cosines) of the series.
+        where: the folder, named in the error.
+
+    Raises:
+        DataError: two slices at the same position, or a gap deviating from the median gap by more
+            than :data:`SLICE_SPACING_TOLERANCE` of it.
+    """
+    if len(positions) < 3:
+        return
+    normal = np.cross(orientation[:3], orientation[3:])
+    gaps = np.abs(np.diff(positions @ normal))
+    step = float(np.median(gaps))
+    if step <= 1e-6 or gaps.min() <= 1e-6:
+        raise DataError("two or more slices share a position: the folder holds duplicate slices or more than one "
+                        "volume in this series", where)
+    worst = int(np.argmax(np.abs(gaps - step)))
+    if abs(gaps[worst] - step) > SLICE_SPACING_TOLERANCE * step:
+        raise DataError(f"slices are not evenly spaced: {gaps[worst]:.3f} mm between slices {worst + 1} and "
+                        f"{worst + 2} of {len(positions)}, {step:.3f} mm elsewhere. A slice is missing or unreadable, "
+                        "or the series is not one volume; fix the series (it would be read with misplaced slices)",
+                        where)
 
 
 @dataclass(frozen=True)
@@ -56,7 +92,8 @@ def read_series(folder: str | Path, series_uid: str | None = None) -> sitk.Image
 
     Raises:
         DataError: no DICOM series in the folder; several series and no ``series_uid`` (the
-            message lists them); an unknown ``series_uid``; an unreadable or 2D series.
+            message lists them); an unknown ``series_uid``; an unreadable or 2D series; slices
+            missing, duplicated or unevenly spaced (:func:`check_slice_positions`).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -77,12 +114,25 @@ def read_series(folder: str | Path, series_uid: str | None = None) -> sitk.Image
         chosen = matches[0]
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(chosen.files))
+    reader.MetaDataDictionaryArrayUpdateOn()  # per-slice headers, for the slice-position check
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's non-uniform sampling warning: checked below
     try:
         image = reader.Execute()
     except RuntimeError as e:
         raise DataError(f"cannot read DICOM series {chosen.uid}: {str(e).strip()[:300]}", folder) from None
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     if image.GetDimension() != 3 or min(image.GetSize()) < 2:
         raise DataError(f"series {chosen.uid} is not a 3D volume (size {image.GetSize()})", folder)
+    try:
+        positions = np.array([[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")]
+                              for i in range(len(chosen.files))])
+        orientation = np.array([float(v) for v in reader.GetMetaData(0, "0020|0037").split("\\")])
+    except (RuntimeError, ValueError):
+        raise DataError(f"series {chosen.uid}: a slice lacks a readable ImagePositionPatient or "
+                        "ImageOrientationPatient, so the slice geometry cannot be checked", folder) from None
+    check_slice_positions(positions, orientation, folder)
     return image
 
 

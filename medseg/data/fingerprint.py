@@ -24,24 +24,25 @@ from medseg.progress import ProgressFn, silent
 FINGERPRINT_VERSION = 1
 AFFINE_TOLERANCE_MM = 1e-3
 SAMPLES_PER_CASE = 10_000
+FINGERPRINT_KEYS = ("version", "dataset", "modality", "labels", "num_cases", "median_spacing", "median_shape",
+                    "foreground_intensity", "label_voxels", "cases")
 
 
-def inspect_case(case: Case, labels: dict[int, str], num_channels: int = 1, rng: np.random.Generator | None = None) -> dict:
-    """Check one image/label pair and measure it.
+def read_pair(case: Case, labels: dict[int, str], num_channels: int = 1):
+    """Read one image/label pair after checking that they belong together.
 
     Checks: both files are readable NIfTI; the image is 3D (or 4D with ``num_channels``
     channels); label and image have the same spatial shape and affines equal within
-    1e-3 mm; no NaN/Inf voxels; label values are integers declared in ``labels``.
+    1e-3 mm; no NaN/Inf voxels; label values are integers declared in ``labels``. Training
+    (through the fingerprint) and ``medseg evaluate`` run the same checks.
 
     Returns:
-        ``{"case_id", "spacing" (mm, RAS order), "shape" (voxels, RAS order),
-        "label_voxels" {label: count}, "foreground_sample" (float list, up to 10,000 image
-        values inside the label)}``.
+        ``(image header, image (X, Y, Z) or (X, Y, Z, C) float32, label (X, Y, Z) int64)`` in the
+        files' own voxel order.
 
     Raises:
         DataError: naming the offending file and what is wrong with it.
     """
-    rng = rng or np.random.default_rng(0)
     img, lbl = load_nifti(case.image), load_nifti(case.label)
     ishape, lshape = img.shape, lbl.shape
     if len(ishape) == 3 and num_channels == 1:
@@ -64,10 +65,27 @@ def inspect_case(case: Case, labels: dict[int, str], num_channels: int = 1, rng:
     if not np.isfinite(label_f).all() or not np.all(label_f == np.round(label_f)):
         raise DataError("label contains non-integer values", case.label)
     label = label_f.astype(np.int64)
-    values, counts = np.unique(label, return_counts=True)
-    undeclared = sorted(set(values.tolist()) - set(labels))
+    undeclared = sorted(set(np.unique(label).tolist()) - set(labels))
     if undeclared:
         raise DataError(f"label values {undeclared} are not declared in dataset.json labels {sorted(labels)}", case.label)
+    return img, image, label
+
+
+def inspect_case(case: Case, labels: dict[int, str], num_channels: int = 1, rng: np.random.Generator | None = None) -> dict:
+    """Check one image/label pair (:func:`read_pair`) and measure it.
+
+    Returns:
+        ``{"case_id", "spacing" (mm, RAS order), "shape" (voxels, RAS order),
+        "label_voxels" {label: count}, "foreground_sample" (float list, up to 10,000 image
+        values inside the label)}``.
+
+    Raises:
+        DataError: naming the offending file and what is wrong with it.
+    """
+    rng = rng or np.random.default_rng(0)
+    img, image, label = read_pair(case, labels, num_channels)
+    spatial = label.shape
+    values, counts = np.unique(label, return_counts=True)
     first = image if image.ndim == 3 else image[..., 0]
     fg = first[label > 0]
     if fg.size > SAMPLES_PER_CASE:
@@ -148,9 +166,11 @@ def load_or_compute_fingerprint(spec: DatasetSpec, cache_dir: str | Path, progre
     path = cache_dir / f"fingerprint-{spec.root.name}-{_cache_key(spec)}.json"
     if path.is_file():
         try:
-            return json.loads(path.read_text()), path
-        except json.JSONDecodeError:
-            pass  # a damaged cache is recomputed
+            cached = json.loads(path.read_text())
+            if isinstance(cached, dict) and all(k in cached for k in FINGERPRINT_KEYS):
+                return cached, path
+        except (OSError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            pass  # a damaged or incomplete cache is recomputed
     fp = compute_fingerprint(spec, progress)
     atomic_write_text(path, json.dumps(fp, indent=1))
     return fp, path

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import numpy as np
 from medseg.atomic import atomic_path, write_csv
 from medseg.data.dataset import NIFTI_SUFFIXES, case_id
 from medseg.data.dicom import is_dicom_folder
-from medseg.errors import DataError, MedsegError
+from medseg.errors import DataError, InputWarning, MedsegError
 from medseg.inference.predictor import Prediction, label_image
 from medseg.inference.segmenter import Segmenter, SegmentationResult
 from medseg.progress import ProgressFn, silent
@@ -31,11 +32,13 @@ class InputCase:
 
 @dataclass
 class BatchSummary:
-    """What ``predict_inputs`` did. ``failed`` maps a case name to its error message."""
+    """What ``predict_inputs`` did. ``failed`` maps a case name to its error message, ``warnings``
+    to the warnings its prediction raised (e.g. a blank image)."""
 
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    warnings: dict[str, list[str]] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -102,7 +105,12 @@ def predict_inputs(segmenter: Segmenter, inputs: list[InputCase], output: Path, 
             summary.skipped.append(case.name)
             continue
         try:
-            result = segmenter.predict(case.path, series_uid=series_uid, keep_probabilities=save_probabilities)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", InputWarning)
+                result = segmenter.predict(case.path, series_uid=series_uid, keep_probabilities=save_probabilities)
+            said = [str(w.message) for w in caught if issubclass(w.category, InputWarning)]
+            if said:
+                summary.warnings[case.name] = said
             save_labels(result, target)
             if save_probabilities:
                 probs = result.probabilities.astype(np.float16)

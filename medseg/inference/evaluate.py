@@ -1,10 +1,10 @@
 """Evaluate a model directory on a labelled MSD dataset, in each case's original geometry."""
 from __future__ import annotations
 
-import numpy as np
 
 from medseg.data.dataset import DatasetSpec
-from medseg.data.nifti import load_nifti, read_array
+from medseg.data.fingerprint import read_pair
+from medseg.errors import DataError
 from medseg.evaluation import per_class_metrics, summarize
 from medseg.inference.predictor import Predictor
 from medseg.progress import ProgressFn, silent
@@ -14,17 +14,26 @@ def evaluate_cases(predictor: Predictor, spec: DatasetSpec, case_ids: list[str] 
                    hd95: bool = True, progress: ProgressFn = silent) -> tuple[list[dict], dict]:
     """Predict each case and score it against its reference label on the input's voxel grid.
 
+    Each image/label pair passes the same checks as in training (:func:`medseg.data.fingerprint.read_pair`:
+    same shape, same affine within 1e-3 mm, declared label values), so a label of another shape or
+    shifted in space is refused, not scored.
+
     Returns:
         ``(rows, summary)``: rows are ``{"case_id", "dice_<name>", "hd95_<name>"}`` (HD95 in mm);
         summary is the mean over cases per label name: ``{name: {"dice", "hd95"}}``.
+
+    Raises:
+        DataError: the dataset's labels are not the model's, or a pair fails the checks.
     """
     labels = predictor.plan.labels
+    if {int(k): v for k, v in labels.items()} != spec.labels:
+        raise DataError(f"the dataset's labels {spec.labels} are not the model's {dict(labels)}: "
+                        "Dice would compare different structures", spec.root / "dataset.json")
     cases = [c for c in spec.cases if case_ids is None or c.case_id in set(case_ids)]
     rows, metrics = [], []
     for case in progress(cases, "evaluate", len(cases)):
+        ref_img, _image, ref = read_pair(case, spec.labels, predictor.plan.in_channels)
         pred = predictor.predict_file(case.image)
-        ref_img = load_nifti(case.label)
-        ref = read_array(ref_img, case.label).reshape(pred.labels.shape).round().astype(np.int64)
         m = per_class_metrics(pred.labels, ref, predictor.plan.num_classes,
                               spacing=ref_img.header.get_zooms()[:3], hd95=hd95)
         metrics.append(m)

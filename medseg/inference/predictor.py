@@ -9,6 +9,7 @@ output therefore has exactly the input's shape, and is written with the input's 
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +20,10 @@ from monai.data import MetaTensor
 
 from medseg import transforms as mt
 from medseg.data.nifti import load_nifti
-from medseg.errors import DataError
+from medseg.errors import DataError, InputWarning
 from medseg.inference.sliding_window import make_inferer, predict_probabilities
 from medseg.models.directory import LoadedModel
+from medseg.plan import check_resampled_size
 
 
 @dataclass
@@ -64,6 +66,9 @@ class Predictor:
     def predict_file(self, path: str | Path, keep_probabilities: bool = False) -> Prediction:
         """Predict one NIfTI volume.
 
+        Warns:
+            InputWarning: the image is blank or constant.
+
         Raises:
             DataError: the file is not a readable 3D NIfTI (or 4D with the model's channel count).
         """
@@ -73,6 +78,7 @@ class Predictor:
         channels = self.plan.in_channels
         if not (len(shape) == 3 and channels == 1) and not (len(shape) == 4 and shape[3] == channels):
             raise DataError(f"image has shape {shape}; this model expects a 3D volume with {channels} channel(s)", path)
+        check_resampled_size(shape, img.header.get_zooms()[:3], self.plan.target_spacing, path)
         try:
             data = self.preprocess({"image": str(path)})
         except Exception as e:
@@ -80,6 +86,9 @@ class Predictor:
         image = data["image"]
         if not torch.isfinite(image).all():
             raise DataError("image contains NaN/Inf voxels", path)
+        if float(image.max()) == float(image.min()):
+            warnings.warn(f"{path}: the image is blank or constant (every voxel has the same value after "
+                          "preprocessing): its segmentation is meaningless", InputWarning, stacklevel=2)
         prob = predict_probabilities(self.model.network, image.as_tensor()[None], self.inferer, self.amp, self.tta)
         prob = MetaTensor(prob[0].cpu(), meta=image.meta, applied_operations=image.applied_operations)
         prob = self.preprocess.inverse({"image": prob})["image"]

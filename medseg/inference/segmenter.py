@@ -24,6 +24,7 @@ from monai.transforms import KeepLargestConnectedComponent
 
 from medseg.data.dataset import case_id
 from medseg.data.dicom import is_dicom_folder, read_series, write_nifti_atomic
+from medseg.devices import resolve_device
 from medseg.errors import DataError
 from medseg.inference.predictor import Prediction, Predictor
 from medseg.models.directory import load_model_dir
@@ -85,13 +86,12 @@ class Segmenter:
 
         Raises:
             ModelError: incomplete, unsafe or incompatible model directory.
-            ValueError: bad overlap or device.
+            ConfigError: an unknown device, or CUDA without a GPU.
+            ValueError: bad overlap.
         """
         if not 0 <= overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-        if str(device).startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError("device cuda requested but no CUDA GPU is available")
-        model = load_model_dir(model_dir, device=device)
+        model = load_model_dir(model_dir, device=resolve_device(device))
         return cls(Predictor(model, overlap=overlap, sw_batch_size=sw_batch_size, tta=tta, amp=amp), largest_component)
 
     def predict(self, image: str | Path | np.ndarray, affine: np.ndarray | None = None, *, series_uid: str | None = None,

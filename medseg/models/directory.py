@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from medseg import __version__
-from medseg.errors import ModelError
+from medseg.errors import MedsegError, ModelError
 from medseg.models.unet import NetworkSpec, build_unet
 from medseg.plan import Plan
 from medseg.training.checkpoint import load_checkpoint
@@ -105,6 +105,8 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
         meta = json.loads((path / META_FILE).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelError(f"not valid JSON ({e})", path / META_FILE) from None
+    if not isinstance(meta, dict):
+        raise ModelError(f"model metadata must be a JSON object, not {type(meta).__name__}", path / META_FILE)
     version = meta.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ModelError(f"model format version {version!r} is not supported by medseg {__version__} "
@@ -112,15 +114,17 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
     try:
         plan = Plan.from_dict(meta["plan"])
         spec = NetworkSpec(**meta["network"])
-    except (KeyError, TypeError) as e:
-        raise ModelError(f"model metadata is incomplete or malformed ({e})", path / META_FILE) from None
-    expected = (meta.get("checksums") or {}).get(WEIGHTS_FILE)
+        network = build_unet(spec)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, MedsegError) as e:
+        raise ModelError(f"model metadata is incomplete or malformed ({type(e).__name__}: {str(e)[:200]})",
+                         path / META_FILE) from None
+    checksums = meta.get("checksums")
+    expected = checksums.get(WEIGHTS_FILE) if isinstance(checksums, dict) else None
     if expected is None:
         raise ModelError(f"model metadata has no checksum for {WEIGHTS_FILE}", path / META_FILE)
     if sha256(path / WEIGHTS_FILE) != expected:
         raise ModelError("checksum mismatch: the file is not the one this model directory was exported with "
                          "(damaged or replaced)", path / WEIGHTS_FILE)
-    network = build_unet(spec)
     try:
         state = load_checkpoint(path / WEIGHTS_FILE)
         network.load_state_dict(state)

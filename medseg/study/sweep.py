@@ -93,6 +93,10 @@ class SweepSpec:
             raise ConfigError("batch sizes must be integers >= 1", "--batch-sizes")
         if not self.seeds:
             raise ConfigError("at least one seed is needed", "--seeds")
+        for name, values in (("--norms", self.norms), ("--batch-sizes", self.batch_sizes), ("--seeds", self.seeds)):
+            twice = sorted({v for v in values if list(values).count(v) > 1})
+            if twice:
+                raise ConfigError(f"{', '.join(map(str, twice))} given more than once: each child must be one cell", name)
         if self.budget not in ("samples", "iterations", "minutes") or not self.budget_value > 0:
             raise ConfigError(f"the budget must be a positive number of samples, iterations or minutes "
                               f"(got {self.budget}={self.budget_value})", "--budget-*")

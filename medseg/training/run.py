@@ -23,6 +23,7 @@ from medseg import transforms as mt
 from medseg.config import Config, ModelConfig, config_to_yaml, flatten
 from medseg.data import kfold_splits, load_or_compute_fingerprint, read_dataset
 from medseg.data.folds import save_split
+from medseg.devices import resolve_device
 from medseg.errors import ConfigError, MedsegError
 from medseg.inference.sliding_window import effective_amp, make_inferer
 from medseg.models import NetworkSpec, build_unet
@@ -66,12 +67,12 @@ class TrainingResult:
 
 
 def select_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA GPU is available; use auto or cpu", "train.device")
-    return torch.device(name)
+    """``auto`` -> CUDA when available, else CPU (see :func:`medseg.devices.resolve_device`).
+
+    Raises:
+        ConfigError: ``train.device`` names no usable device.
+    """
+    return resolve_device(name, "train.device")
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -171,6 +172,7 @@ def _run(cfg: Config, resume_dir: Path | None, device: torch.device, info: dist.
         except Exception as e:
             raise MedsegError(f"checkpoint cannot be loaded ({type(e).__name__}: {str(e)[:200]})",
                               resume_dir / "checkpoints" / "last.pt") from None
+        _check_resumable(resume_dir, state, cfg, fingerprint, split)
     amp = effective_amp(device, cfg.train.amp)  # what runs: bf16 on CPU only where it is native
     run_dir, tracker = _open_run(cfg, spec.name, plan, device, amp, info, resume_dir, state, log,
                                  f"{len(train_items)} training / {len(val_items)} validation cases")
@@ -184,6 +186,57 @@ def _run(cfg: Config, resume_dir: Path | None, device: torch.device, info: dist.
         raise
     tracker.end("FINISHED")
     return result
+
+
+def _new_run_dir(output_dir: Path, name: str) -> Path:
+    """Create ``output_dir/name``, or ``name-2``, ``name-3``... when taken (two runs with one name, or
+    two default names started in the same second, never share a folder).
+
+    Raises:
+        ConfigError: ``output_dir`` is not a folder or cannot be created.
+    """
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError("output_dir is a file (or under one), not a folder", output_dir) from None
+    except OSError as e:
+        raise ConfigError(f"output_dir cannot be created ({e.strerror})", output_dir) from None
+    for n in range(1, 10_000):
+        run_dir = output_dir / (name if n == 1 else f"{name}-{n}")
+        try:
+            run_dir.mkdir(exist_ok=False)
+            return run_dir
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise ConfigError(f"cannot create the run folder ({e.strerror})", run_dir) from None
+    raise ConfigError(f"too many runs named {name!r}", output_dir)
+
+
+FINGERPRINT_IDENTITY = ("labels", "num_cases", "cases", "label_voxels")  # what makes the data the same
+
+
+def _check_resumable(run_dir: Path, state: dict, cfg: Config, fingerprint: dict, split: dict) -> None:
+    """Refuse to resume on data other than the run's (its split.json and fingerprint.json).
+
+    Raises:
+        MedsegError: naming what differs.
+    """
+    try:
+        saved_split = json.loads((run_dir / "split.json").read_text())
+        saved = json.loads((run_dir / "fingerprint.json").read_text())
+    except (OSError, ValueError) as e:
+        raise MedsegError(f"split.json or fingerprint.json is missing or unreadable ({type(e).__name__}): cannot "
+                          "check that the data is the run's", run_dir) from None
+    if sorted(saved_split.get("train", [])) != sorted(split["train"]) or \
+            sorted(saved_split.get("val", [])) != sorted(split["val"]):
+        raise MedsegError(f"the dataset {cfg.data.root} does not give this run's training/validation cases "
+                          "(split.json): resume on the data the run started with", run_dir)
+    differ = [k for k in FINGERPRINT_IDENTITY if json.dumps(saved.get(k), sort_keys=True)
+              != json.dumps(json.loads(json.dumps(fingerprint.get(k))), sort_keys=True)]
+    if differ:
+        raise MedsegError(f"the dataset {cfg.data.root} differs from the one this run started with "
+                          f"(fingerprint.json: {', '.join(differ)} changed): resume on the same data", run_dir)
 
 
 def _open_run(cfg: Config, dataset: str, plan, device: torch.device, amp: str, info: dist.DistInfo,
@@ -207,9 +260,12 @@ def _open_run(cfg: Config, dataset: str, plan, device: torch.device, amp: str, i
         tags["mlflow.parentRunId"] = cfg.tracking.parent_run_id
     run_name = cfg.tracking.run_name or (f"{_slug(dataset)}_{m.norm}_bs{cfg.train.batch_size}_fold"
                                          f"{cfg.data.fold}_{time.strftime('%Y%m%d-%H%M%S')}")
-    run_dir = Path(cfg.output_dir).resolve() / run_name
-    tracker = Tracker(uri, cfg.tracking.experiment, run_name, {**tags, "medseg.run_dir": str(run_dir)})
-    run_dir.mkdir(parents=True, exist_ok=False)
+    run_dir = _new_run_dir(Path(cfg.output_dir).resolve(), run_name)
+    try:
+        tracker = Tracker(uri, cfg.tracking.experiment, run_name, {**tags, "medseg.run_dir": str(run_dir)})
+    except BaseException:
+        run_dir.rmdir()  # still empty: no half-made run folder is left behind
+        raise
     dist.broadcast((run_dir, tracker.run_id), info)
     log(f"run {run_name}: {cases}, patch {plan.patch_size}, spacing "
         f"{tuple(round(s, 3) for s in plan.target_spacing)} mm, norm {m.norm}, device {device}, autocast {amp}"

@@ -8,7 +8,6 @@ D, H, W the three spatial axes of the preprocessed RAS grid (voxels at ``plan.ta
 """
 from __future__ import annotations
 
-import re
 import time
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 from monai.transforms import CenterSpatialCrop, SpatialPad
 
 from medseg.evaluation import summarize
+from medseg.keys import mlflow_key
 from medseg.models.norms import batch_dependence, batch_statistics
 from medseg.progress import ProgressFn, silent
 from medseg.training import distributed as dist
@@ -29,14 +29,9 @@ BATCH_DEPENDENCE_EVAL = "final_batch_dependence_eval"
 BATCH_DEPENDENCE_PATCHES = 5  # one case alone vs inside a batch with 4 others
 
 
-def metric_key(text: str) -> str:
-    """``text`` with every character MLflow refuses in a metric key replaced by ``_``."""
-    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", str(text))
-
-
 def case_dice_key(case_id: str, label: str) -> str:
     """The MLflow metric key of one validation case's Dice for one label of the final model."""
-    return f"{FINAL_CASE_DICE}/{metric_key(case_id)}/{metric_key(label)}"
+    return f"{FINAL_CASE_DICE}/{mlflow_key(case_id, allow_slash=False)}/{mlflow_key(label, allow_slash=False)}"
 
 
 class Validator:
