@@ -11,7 +11,7 @@ import numpy as np
 from medseg.errors import DataError
 
 MAX_VOXELS = 2**30  # voxels per channel medseg reads (4 GiB as float32): larger headers are refused
-QFORM_SFORM_TOLERANCE_MM = 1e-3  # largest corner distance between the qform and sform geometries
+QFORM_SFORM_TOLERANCE_VOXELS = 0.1  # largest corner distance between qform and sform, in smallest voxel sizes
 
 
 def _check_size(img: nib.Nifti1Image, path: Path) -> None:
@@ -29,7 +29,9 @@ def _check_size(img: nib.Nifti1Image, path: Path) -> None:
 
 
 def _check_qform_sform(img: nib.Nifti1Image, path: Path) -> None:
-    """Refuse a file whose qform and sform (both set) place the volume differently: viewers and
+    """Refuse a file whose qform and sform (both set) place the volume differently (a corner more than
+    a tenth of the smallest voxel size apart; the quaternion qform of an oblique scan differs from
+    its sform by rounding, thousandths of a mm, which is accepted): viewers and
     libraries disagree on which one wins (nibabel and MONAI take the sform, ITK may take the qform),
     so the same voxels would be segmented in one geometry and shown in another."""
     header = img.header
@@ -40,9 +42,10 @@ def _check_qform_sform(img: nib.Nifti1Image, path: Path) -> None:
     corners = np.array([[i, j, k, 1.0] for i in (0, img.shape[0] - 1) for j in (0, img.shape[1] - 1)
                         for k in (0, img.shape[2] - 1)]).T
     distance = float(np.max(np.linalg.norm((qform @ corners - sform @ corners)[:3], axis=0)))
-    if not distance <= QFORM_SFORM_TOLERANCE_MM:
+    tolerance = QFORM_SFORM_TOLERANCE_VOXELS * float(min(header.get_zooms()[:3]))
+    if not distance <= tolerance:
         raise DataError(f"the header's qform and sform disagree: the volume's corners are up to {distance:.3g} mm "
-                        f"apart between them (tolerance {QFORM_SFORM_TOLERANCE_MM} mm), so its geometry is "
+                        f"apart between them (tolerance {tolerance:.3g} mm, a tenth of a voxel), so its geometry is "
                         "ambiguous. Make them equal (e.g. nibabel: img.set_qform(img.get_sform()); FSL: "
                         "fslorient -copysform2qform), or unset the wrong one", path)
 
@@ -53,7 +56,7 @@ def load_nifti(path: str | Path) -> nib.Nifti1Image:
     Raises:
         DataError: the file is missing, is not NIfTI, its header is unreadable, its affine is
             not finite or singular, its qform and sform (both set) disagree by more than
-            :data:`QFORM_SFORM_TOLERANCE_MM`, it declares more than :data:`MAX_VOXELS` voxels, or
+            :data:`QFORM_SFORM_TOLERANCE_VOXELS`, it declares more than :data:`MAX_VOXELS` voxels, or
             (uncompressed) it is shorter than its header declares.
     """
     path = Path(path)

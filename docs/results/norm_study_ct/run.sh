@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The CT arm of the normalizer study, as run (from the repository root; resumable: run it again
+# to continue). STORE is the MLflow store (default: this folder's mlflow.db).
+set -euo pipefail
+STORE=${STORE:-sqlite:///docs/results/norm_study_ct/mlflow.db}
+DATA=${DATA:-../shared/data/OpenKBP_HeadNeckCT}
+JOBS=${JOBS:-1}
+# instance, group and batch norm x batch sizes 1 and 4 x 2 seeds (12 children), 4800 patches each
+medseg sweep --config configs/sweep_openkbp_ct.yaml --data "$DATA" --evaluations 8 --tracking-uri "$STORE" \
+  --jobs "$JOBS" --set output_dir=runs --norms instance,group,batch --batch-sizes 1,4 --seeds 2 \
+  --budget-samples 4800 --sweep-id ct_main --report-dir docs/results/norm_study_ct/report

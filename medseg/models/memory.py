@@ -1,0 +1,59 @@
+"""How much memory one training iteration of the U-Net needs, estimated before any work starts.
+
+The estimate counts the activations autograd keeps for the backward pass and their gradients: per
+level of DynUNet (channels c, voxels v at that level) the encoder block keeps about 6 c v values
+(two convolutions, two norms, two activations) and the decoder about 9 c v (transposed
+convolution, concatenation, its block); the backward pass holds about as much again. It is a
+lower bound of what PyTorch allocates (no allocator slack, no workspace), so it refuses only
+patches that cannot fit, never one that might.
+"""
+from __future__ import annotations
+
+import os
+from math import prod
+
+import numpy as np
+import torch
+
+KEPT_PER_LEVEL = 15  # values kept per channel-voxel of a level: encoder 6 + decoder 9
+BACKWARD_FACTOR = 2  # activations plus their gradients at the peak of the backward pass
+
+
+def training_memory_bytes(filters: list[int], strides: list, patch_size, batch_size: int, in_channels: int,
+                          out_channels: int, bytes_per_value: int = 4) -> int:
+    """Estimated bytes of one training iteration (forward + backward), weights and optimizer state included.
+
+    Args:
+        filters: channels per level; strides: per level (int or per-axis triple).
+        patch_size: (X, Y, Z) voxels; batch_size: patches per iteration.
+        bytes_per_value: 4 for float32 (a lower bound under bf16/fp16 autocast too, which keeps
+            float32 copies).
+    """
+    spacing = np.ones(3)
+    values = 0.0
+    for c, s in zip(filters, strides):
+        spacing = spacing * (np.asarray(s) if np.ndim(s) else np.full(3, s))
+        values += c * prod(float(p) / float(d) for p, d in zip(patch_size, spacing))
+    values += (in_channels + out_channels) * prod(patch_size)
+    weights = sum(27 * a * b for a, b in zip([in_channels, *filters], filters)) * 3  # conv weights (x3: decoder)
+    activations = KEPT_PER_LEVEL * BACKWARD_FACTOR * batch_size * values * bytes_per_value
+    return int(activations + 4 * weights * bytes_per_value)  # weights, gradients, two AdamW moments
+
+
+def available_memory_bytes(device: torch.device) -> int | None:
+    """Free memory on ``device``: the GPU's free memory, or the system's MemAvailable on Linux
+    (None where it cannot be read)."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
