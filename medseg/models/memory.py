@@ -1,11 +1,12 @@
 """How much memory one training iteration of the U-Net needs, estimated before any work starts.
 
-The estimate counts the activations autograd keeps for the backward pass and their gradients: per
-level of DynUNet (channels c, voxels v at that level) the encoder block keeps about 6 c v values
-(two convolutions, two norms, two activations) and the decoder about 9 c v (transposed
-convolution, concatenation, its block); the backward pass holds about as much again. It is a
-lower bound of what PyTorch allocates (no allocator slack, no workspace), so it refuses only
-patches that cannot fit, never one that might.
+The estimate counts values kept per channel-voxel of each DynUNet level (channels c, voxels v at
+that level): :data:`KEPT_PER_LEVEL` x :data:`BACKWARD_FACTOR` x c x v per patch, plus weights,
+gradients and AdamW's moments. The constants are calibrated to stay below what PyTorch really
+allocates: on this project's CPU, two float32 training iterations grew the peak RSS by 357 MB
+(DynUNet 16-128, patch 40 x 56 x 40, batch 2) and 718 MB (patch 64 x 64 x 64), 1.7x and 1.2x this
+estimate (``/proc`` peak RSS before and after, one thread). So the check refuses only patches that
+cannot fit, never one that might.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from math import prod
 import numpy as np
 import torch
 
-KEPT_PER_LEVEL = 15  # values kept per channel-voxel of a level: encoder 6 + decoder 9
+KEPT_PER_LEVEL = 6  # values kept per channel-voxel of a level, at least (encoder and decoder blocks)
 BACKWARD_FACTOR = 2  # activations plus their gradients at the peak of the backward pass
 
 

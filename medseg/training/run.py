@@ -28,6 +28,7 @@ from medseg.errors import ConfigError, MedsegError
 from medseg.inference.sliding_window import effective_amp, make_inferer
 from medseg.models import NetworkSpec, build_unet
 from medseg.models.directory import save_model_dir
+from medseg.models.memory import available_memory_bytes, training_memory_bytes
 from medseg.plan import make_plan
 from medseg.plots import learning_curve, overlay_slices
 from medseg.progress import ProgressFn, silent
@@ -173,6 +174,7 @@ def _run(cfg: Config, resume_dir: Path | None, device: torch.device, info: dist.
             raise MedsegError(f"checkpoint cannot be loaded ({type(e).__name__}: {str(e)[:200]})",
                               resume_dir / "checkpoints" / "last.pt") from None
         _check_resumable(resume_dir, state, cfg, fingerprint, split)
+    _check_memory(cfg, net_spec, plan.patch_size, device)
     amp = effective_amp(device, cfg.train.amp)  # what runs: bf16 on CPU only where it is native
     run_dir, tracker = _open_run(cfg, spec.name, plan, device, amp, info, resume_dir, state, log,
                                  f"{len(train_items)} training / {len(val_items)} validation cases")
@@ -186,6 +188,22 @@ def _run(cfg: Config, resume_dir: Path | None, device: torch.device, info: dist.
         raise
     tracker.end("FINISHED")
     return result
+
+
+def _check_memory(cfg: Config, net_spec: NetworkSpec, patch_size, device: torch.device) -> None:
+    """Refuse a patch and batch whose training iteration cannot fit in the device's free memory.
+
+    Raises:
+        ConfigError: the estimate (:func:`medseg.models.memory.training_memory_bytes`) exceeds it.
+    """
+    need = training_memory_bytes(net_spec.filters, net_spec.strides, patch_size, cfg.train.batch_size,
+                                 net_spec.in_channels, net_spec.out_channels)
+    free = available_memory_bytes(device)
+    if free is not None and need > free:
+        raise ConfigError(f"patch {tuple(patch_size)} at batch size {cfg.train.batch_size} needs at least "
+                          f"{need / 2**30:.1f} GiB per training iteration, and {device} has {free / 2**30:.1f} GiB "
+                          "free: use a smaller sampling.patch_size, train.batch_size or model.filters",
+                          "sampling.patch_size")
 
 
 def _new_run_dir(output_dir: Path, name: str) -> Path:
