@@ -13,7 +13,7 @@ from rich.table import Table
 
 from medseg import __version__
 from medseg.errors import EXIT_FAILED_CASES, MedsegError
-from medseg.models.norms import NORMS
+from medseg.keys import NORMS
 from medseg.study.rules import PLATEAU_DELTA
 from medseg.progress import rich_progress, silent
 

@@ -16,12 +16,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medseg.errors import ConfigError
+from medseg.keys import NORMS
 
 PosInt = Annotated[int, Field(ge=1)]
 Triple = tuple[PosInt, PosInt, PosInt]
 MAX_CONFIG_VALUES = 100_000  # a YAML file whose anchors/aliases expand beyond this is refused
 MAX_ECHO = 120  # characters of a bad value echoed in an error message
-NormName = Literal["instance", "group", "batch", "layer", "none"]
+NormName = Literal[NORMS]  # type: ignore[valid-type]  # the registry's names, written once in keys.py
 
 
 class _Strict(BaseModel):

@@ -1,7 +1,12 @@
-"""Names of things medseg writes to MLflow, and how a free text (a label or case name) becomes one."""
+"""Names used in several places, in a light module (no torch): the norms, and how a free text
+(a label or case name) becomes an MLflow key."""
 from __future__ import annotations
 
 import re
+
+NORMS = ("instance", "group", "layer", "batch", "none")
+"""The normalization layers, in the order tables and plots show them (``medseg.models.norms``
+builds each; the config schema, the CLI help, the sweep and the report read this tuple)."""
 
 _MLFLOW_KEY_REFUSED = re.compile(r"[^A-Za-z0-9_\-. /]")
 

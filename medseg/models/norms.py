@@ -17,9 +17,9 @@ from contextlib import contextmanager
 import torch
 
 from medseg.errors import ConfigError
+from medseg.keys import NORMS
 
 EPS = 1e-5
-NORMS = ("instance", "group", "layer", "batch", "none")
 
 
 def norm_spec(name: str, channels: list[int], num_groups: int = 8) -> tuple[str, dict]:
