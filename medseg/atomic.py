@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -18,8 +19,14 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
 
     Args:
         suffix: the temporary file's ending (``".nii.gz"`` lets nibabel/SimpleITK pick the format).
+
+    Raises:
+        IsADirectoryError: ``path`` is an existing folder (nothing is written, the folder is kept).
+        OSError: the parent folder cannot be created or written.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder: give a file name to write", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)

@@ -312,3 +312,53 @@ def test_ctrl_c_is_exit_130_with_a_message(monkeypatch, capsys):
     code = cli.run_cli(["predict", "-m", str(ROOT), "-i", str(SAMPLE / "imagesTr"), "-o", "/tmp/never-written"])
     assert code == EXIT_INTERRUPTED
     assert "interrupted" in capsys.readouterr().err
+
+
+def _tiny_train(ds: Path, work: Path, *extra) -> subprocess.CompletedProcess:
+    return medseg("train", "--config", ROOT / "configs/demo.yaml", "--data", ds, "--quiet",
+                  "--tracking-uri", f"sqlite:///{work / 'store.db'}", "--set", f"output_dir={work / 'runs'}",
+                  "--set", f"data.cache_dir={work / 'cache'}", "--set", "train.epochs=1",
+                  "--set", "train.iterations_per_epoch=2", "--set", "validation.hd95=false",
+                  "--set", "data.num_folds=3", *extra)
+
+
+def test_label_names_mlflow_refuses_train_and_a_run_name_used_twice_gets_its_own_folder(tmp_path):
+    """'Anterior (head)' used to crash training after the first validation (MLflow refuses the key);
+    a second run with the same name used to collide with the first one's folder."""
+    ds = _dataset_with(tmp_path, lambda ds, doc: doc["labels"].update({"1": "Anterior (head)"}))
+    for _ in range(2):
+        proc = _tiny_train(ds, tmp_path, "--set", "tracking.run_name=same")
+        assert proc.returncode == EXIT_OK, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["same", "same-2"]
+    assert all((p / "model" / "medseg_model.json").is_file() for p in (tmp_path / "runs").iterdir())
+    from mlflow import MlflowClient
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'store.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    for run in runs:
+        assert "val_dice_Anterior _head_" in run.data.metrics
+        assert any(k.startswith("final_case_dice/") and k.endswith("/Anterior _head_") for k in run.data.metrics)
+        assert run.data.metrics["final_batch_dependence_eval"] < 1e-3  # a one-case fold still measures it
+
+
+def test_a_damaged_fingerprint_cache_is_recomputed(tmp_path):
+    from medseg.data import read_dataset
+    from medseg.data.fingerprint import load_or_compute_fingerprint
+    spec = read_dataset(copy_msd(SAMPLE, tmp_path / "ds", n=3))
+    first, path = load_or_compute_fingerprint(spec, tmp_path / "cache")
+    for damage in ("{not json", "[]", '{"version": 1}', "\xff\xfe"):
+        path.write_text(damage, encoding="latin-1")
+        again, _ = load_or_compute_fingerprint(spec, tmp_path / "cache")
+        assert again == first
+
+
+def test_an_output_that_is_a_folder_is_refused_and_the_folder_kept(tmp_path):
+    if not DICOM.is_dir():
+        pytest.skip("../shared/data/dicom is a developer/CI dataset")
+    target = tmp_path / "out.nii.gz"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    proc = medseg("convert", "-i", DICOM, "-o", target)
+    assert proc.returncode == EXIT_USAGE and "Traceback" not in proc.stderr, proc.stderr
+    assert str(target) in proc.stderr
+    assert (target / "keep.txt").read_text() == "mine"

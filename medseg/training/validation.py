@@ -115,9 +115,15 @@ class Validator:
         return out
 
     def centre_patches(self, n: int) -> torch.Tensor:
-        """(n', C, *patch_size) centre crops (zero-padded where smaller) of the first n' = min(n,
-        number of volumes) validation images."""
+        """(n, C, *patch_size) centre crops (zero-padded where smaller) of the first n validation
+        images; with fewer than n images, the batch is filled with mirrored, intensity-scaled copies
+        of them (other statistics than the first patch's, so batch dependence can still show)."""
         size = list(self.plan.patch_size)
         crop, pad = CenterSpatialCrop(size), SpatialPad(size)
-        return torch.stack([torch.as_tensor(pad(crop(torch.as_tensor(v["image"]))), dtype=torch.float32)
-                            for v in self.volumes[:n]])
+        crops = [torch.as_tensor(pad(crop(torch.as_tensor(v["image"]))), dtype=torch.float32)
+                 for v in self.volumes[:n]]
+        base = len(crops)
+        for k in range(n - base):  # a validation fold of fewer than n cases
+            copy = torch.flip(crops[k % base], dims=(1 + k % 3,))
+            crops.append(copy * (1.5 + 0.5 * k))
+        return torch.stack(crops)
