@@ -161,8 +161,10 @@ def predict(
     input: Path = typer.Option(..., "--input", "-i", help="NIfTI file, folder of NIfTI files, DICOM series folder, "
                                                           "or folder of DICOM series folders."),
     output: Path = typer.Option(..., "--output", "-o", help="Output folder (not inside the input folder)."),
-    overlap: float = typer.Option(0.5, "--overlap", min=0.0, max=0.95, help="Sliding-window overlap."),
-    sw_batch_size: int = typer.Option(4, "--sw-batch-size", min=1, help="Windows per forward pass."),
+    overlap: float | None = typer.Option(None, "--overlap", min=0.0, max=0.95, help="Sliding-window overlap "
+                                         "(default: the model's, as validated in training)."),
+    sw_batch_size: int | None = typer.Option(None, "--sw-batch-size", min=1, help="Windows per forward pass "
+                                             "(default: the model's)."),
     tta: bool = typer.Option(False, "--tta", help="Mirroring test-time augmentation (8 flips, averaged softmax)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (AMP bf16 on cuda)."),
     save_probabilities: bool = typer.Option(False, "--save-probabilities", help="Also write <case>_probabilities.npz (float16)."),

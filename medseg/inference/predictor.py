@@ -43,23 +43,38 @@ class Prediction:
     header: nib.Nifti1Header
 
 
+def sliding_window_settings(model: LoadedModel, overlap: float | None = None,
+                            sw_batch_size: int | None = None) -> tuple[float, int]:
+    """``(overlap, sw_batch_size)``: the given values, else those the model directory records
+    (``sliding_window``, the training run's validation settings), else the config schema's defaults."""
+    from medseg.config import ValidationConfig
+    stored = model.meta.get("sliding_window") if isinstance(model.meta.get("sliding_window"), dict) else {}
+    fields = ValidationConfig.model_fields
+    if overlap is None:
+        overlap = float(stored.get("overlap", fields["overlap"].default))
+    if sw_batch_size is None:
+        sw_batch_size = int(stored.get("sw_batch_size", fields["sw_batch_size"].default))
+    return overlap, sw_batch_size
+
+
 class Predictor:
     """Sliding-window prediction with a loaded model directory.
 
     Args:
         model: from :func:`medseg.models.directory.load_model_dir`.
-        overlap: window overlap in [0, 1).
-        sw_batch_size: windows per forward pass.
+        overlap: window overlap in [0, 1); ``None``: the model directory's (as validated in training).
+        sw_batch_size: windows per forward pass; ``None``: the model directory's.
         tta: mirroring test-time augmentation (8 flips, averaged softmax).
         amp: ``"bf16" | "fp16" | "none"`` (CUDA only).
     """
 
-    def __init__(self, model: LoadedModel, overlap: float = 0.5, sw_batch_size: int = 4, tta: bool = False,
-                 amp: str = "bf16"):
+    def __init__(self, model: LoadedModel, overlap: float | None = None, sw_batch_size: int | None = None,
+                 tta: bool = False, amp: str = "bf16"):
         self.model = model
         self.plan = model.plan
         self.preprocess = mt.preprocessing(self.plan, keys=("image",))
-        self.inferer = make_inferer(self.plan.patch_size, overlap, sw_batch_size)
+        self.overlap, self.sw_batch_size = sliding_window_settings(model, overlap, sw_batch_size)
+        self.inferer = make_inferer(self.plan.patch_size, self.overlap, self.sw_batch_size)
         self.tta = tta
         self.amp = amp
 

@@ -71,15 +71,17 @@ class Segmenter:
             if largest_component else None
 
     @classmethod
-    def load(cls, model_dir: str | Path, device: str = "cpu", overlap: float = 0.5, sw_batch_size: int = 4,
-             tta: bool = False, amp: str = "bf16", largest_component: bool = False) -> "Segmenter":
+    def load(cls, model_dir: str | Path, device: str = "cpu", overlap: float | None = None,
+             sw_batch_size: int | None = None, tta: bool = False, amp: str = "bf16",
+             largest_component: bool = False) -> "Segmenter":
         """Load a model directory.
 
         Args:
             model_dir: written by ``medseg train`` (``medseg_model.json`` + ``weights.pt``).
             device: ``"cpu"`` or ``"cuda"`` (``"cuda:1"``...).
-            overlap: sliding-window overlap in [0, 1).
-            sw_batch_size: windows per forward pass.
+            overlap: sliding-window overlap in [0, 1); ``None``: the one the model was validated with
+                (recorded in the model directory).
+            sw_batch_size: windows per forward pass; ``None``: the model directory's.
             tta: mirroring test-time augmentation (8x slower).
             amp: ``"bf16" | "fp16" | "none"`` autocast on CUDA.
             largest_component: keep only the largest connected component of each label.
@@ -89,7 +91,7 @@ class Segmenter:
             ConfigError: an unknown device, or CUDA without a GPU.
             ValueError: bad overlap.
         """
-        if not 0 <= overlap < 1:
+        if overlap is not None and not 0 <= overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         model = load_model_dir(model_dir, device=resolve_device(device))
         return cls(Predictor(model, overlap=overlap, sw_batch_size=sw_batch_size, tta=tta, amp=amp), largest_component)
