@@ -6,7 +6,7 @@ preprocessing the model was trained with, without the training config.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -39,7 +39,6 @@ class Plan:
     ct_mean: float | None = None
     ct_std: float | None = None
     dataset: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -66,6 +65,7 @@ class Plan:
     def from_dict(cls, d: dict) -> "Plan":
         """Inverse of :meth:`to_dict`."""
         d = dict(d)
+        d.pop("extra", None)  # an always-empty field of model directories written before 2026-11-29
         d["labels"] = {int(k): v for k, v in d["labels"].items()}
         d["target_spacing"] = tuple(d["target_spacing"])
         d["patch_size"] = tuple(d["patch_size"])

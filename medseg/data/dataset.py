@@ -60,16 +60,6 @@ class DatasetSpec:
         """Output channels of a network for this dataset (background included)."""
         return max(self.labels) + 1
 
-    @property
-    def foreground_labels(self) -> dict[int, str]:
-        """Labels without background (0)."""
-        return {k: v for k, v in self.labels.items() if k != 0}
-
-    @property
-    def is_ct(self) -> bool:
-        """True when the (first) channel is CT: CT uses dataset-wide intensity normalization."""
-        return self.modality[0].upper() == "CT"
-
 
 def _require(doc: dict, key: str, kind: type, path: Path):
     if key not in doc:

@@ -27,7 +27,6 @@ class InputCase:
 
     name: str
     path: Path
-    kind: str  # "nifti" | "dicom"
 
 
 @dataclass
@@ -59,15 +58,15 @@ def collect_inputs(path: str | Path) -> list[InputCase]:
     if path.is_file():
         if not _is_nifti(path):
             raise DataError("not a NIfTI file (.nii/.nii.gz); for DICOM pass the series folder", path)
-        return [InputCase(case_id(path), path, "nifti")]
+        return [InputCase(case_id(path), path)]
     niftis = sorted(p for p in path.iterdir() if p.is_file() and _is_nifti(p))
     if niftis:
-        return [InputCase(case_id(p), p, "nifti") for p in niftis]
+        return [InputCase(case_id(p), p) for p in niftis]
     if is_dicom_folder(path):
-        return [InputCase(path.name, path, "dicom")]
+        return [InputCase(path.name, path)]
     subs = sorted(p for p in path.iterdir() if p.is_dir() and is_dicom_folder(p))
     if subs:
-        return [InputCase(p.name, p, "dicom") for p in subs]
+        return [InputCase(p.name, p) for p in subs]
     raise DataError("no NIfTI files or DICOM series found in this folder (or its subfolders)", path)
 
 

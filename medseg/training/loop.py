@@ -82,7 +82,7 @@ def training_step(network, image: torch.Tensor, label: torch.Tensor, loss_fn, op
 
 def train_epoch(network, loader, loss_fn, optimizer, scheduler, *, device: torch.device, amp: str = "none",
                 scaler: torch.amp.GradScaler | None = None, grad_clip: float | None = None,
-                progress: ProgressFn = silent, description: str = "train", total: int | None = None,
+                progress: ProgressFn = silent, description: str = "train",
                 losses: list[float] | None = None, should_stop=lambda: False,
                 after_iteration=lambda losses: None, channels_last: bool = False,
                 device_augment=None) -> dict[str, float]:
@@ -112,7 +112,7 @@ def train_epoch(network, loader, loss_fn, optimizer, scheduler, *, device: torch
     losses = [] if losses is None else losses
     done, patches, interrupted = 0, 0, False
     start = time.perf_counter()
-    for batch in progress(loader, description, total if total is not None else len(loader)):
+    for batch in progress(loader, description, len(loader)):
         image = batch["image"].to(device, non_blocking=True)
         label = batch["label"].to(device, non_blocking=True)
         if device_augment is not None:

@@ -299,7 +299,7 @@ def _record_inputs(cfg: Config, plan, fingerprint: dict, split: dict, run_dir: P
     (run_dir / "fingerprint.json").write_text(json.dumps(fingerprint, indent=1))
     (run_dir / "plan.json").write_text(json.dumps(plan.to_dict(), indent=1))
     plan_params = {f"plan.{k}": json.dumps(v) if isinstance(v, (list, tuple, dict)) else v
-                   for k, v in plan.to_dict().items() if k != "extra"}
+                   for k, v in plan.to_dict().items()}
     tracker.log_params({**flatten(cfg), **plan_params, "data.num_train_cases": len(split["train"]),
                         "data.num_val_cases": len(split["val"])})
     for name in ("config.yaml", "split.json", "fingerprint.json", "plan.json"):
