@@ -300,6 +300,15 @@ def _uri(uri: str | None) -> str:
     return resolve_tracking_uri(uri)
 
 
+def _existing_store(uri: str | None) -> str:
+    """The tracking URI of a store to read; a local SQLite file that does not exist is refused
+    (MLflow would create an empty one)."""
+    uri = _uri(uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise MedsegError("no MLflow store here yet (train or sweep first, or pass --tracking-uri)", uri)
+    return uri
+
+
 def _summary_table(report: dict) -> Table:
     table = Table(title=f"sweep {report['sweep_id']}: final models; CI over cases, ± std over seeds "
                         f"({report['converged']}/{len(report['rows'])} children converged)")
@@ -330,7 +339,7 @@ def report(
     from medseg.study.report import build_report, find_sweep
     from medseg.tracking import Tracker
 
-    uri = _uri(tracking_uri)
+    uri = _existing_store(tracking_uri)
     if output is None:
         _, parent = find_sweep(Tracker.client_for(uri), experiment, sweep_id)
         output = Path("reports") / parent.data.tags["medseg.sweep_id"]
@@ -351,11 +360,9 @@ def ui(
     import signal
     import subprocess
 
-    uri = _uri(tracking_uri)
+    uri = _existing_store(tracking_uri)
     if uri.startswith(("http://", "https://")):
         raise MedsegError("this is already a tracking server: open it in a browser", uri)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise MedsegError("no MLflow store here yet (train or sweep first, or pass --tracking-uri)", uri)
     console.print(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C stops it)")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(cmd, start_new_session=True)  # its own process group: mlflow ui and its uvicorn

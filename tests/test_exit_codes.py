@@ -15,6 +15,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from medseg.errors import EXIT_FAILED_CASES, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from tests.conftest import ROOT, SAMPLE, copy_msd, tree
@@ -362,3 +364,36 @@ def test_an_output_that_is_a_folder_is_refused_and_the_folder_kept(tmp_path):
     assert proc.returncode == EXIT_USAGE and "Traceback" not in proc.stderr, proc.stderr
     assert str(target) in proc.stderr
     assert (target / "keep.txt").read_text() == "mine"
+
+
+GARBAGE = ["", "-1", "0", "1.5", "abc", "1e999", "nan", "../..", "/nonexistent/x", "sqlite:///nonexistent/x.db",
+           "foo://bar", "a" * 300, "--", "-", "\u00e9\u00e8", "2,2", "instance,foo", "{x}", "cuda:9"]
+COMMANDS = {
+    "train": ["--config", "--data", "--resume", "--fold", "--set", "--experiment", "--tracking-uri"],
+    "evaluate": ["--model", "--data", "--output", "--device"],
+    "predict": ["--model", "--input", "--output", "--overlap", "--sw-batch-size", "--device", "--series-uid"],
+    "convert": ["--input", "--output", "--series-uid"],
+    "fingerprint": ["--data"],
+    "sweep": ["--config", "--data", "--norms", "--batch-sizes", "--seeds", "--budget-samples", "--jobs",
+              "--evaluations", "--lr-rule", "--executor"],
+    "report": ["--experiment", "--sweep", "--tracking-uri", "--output", "--plateau-delta"],
+}
+
+
+@settings(max_examples=int(os.environ.get("MEDSEG_FUZZ_EXAMPLES", 40)), deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_random_command_lines_end_in_a_documented_exit_code_without_a_traceback(tmp_path, data):
+    """Property: any command line made of medseg's commands and options with garbage values (every
+    path missing, so no real work starts) ends in exit 0 (help) or 2 with one ``error:`` message:
+    never an internal error (3), a traceback or an exception escaping the entry point."""
+    command = data.draw(st.sampled_from(sorted(COMMANDS)))
+    options = data.draw(st.lists(st.sampled_from(COMMANDS[command] + ["--help", "--bogus"]), max_size=4))
+    argv = [command]
+    for option in options:
+        argv += [option] if option in ("--help", "--bogus") else [option, data.draw(st.sampled_from(GARBAGE))]
+    proc = medseg(*argv, cwd=tmp_path)
+    assert proc.returncode in (EXIT_OK, EXIT_USAGE), (argv, proc.stderr)
+    assert "Traceback" not in proc.stderr, (argv, proc.stderr)
+    if proc.returncode == EXIT_USAGE:
+        assert proc.stderr.count("error:") == 1, (argv, proc.stderr)
+    assert not list(tmp_path.iterdir()), (argv, "a refused command wrote into the working directory")
