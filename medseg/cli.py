@@ -171,12 +171,17 @@ def predict(
     largest_component: bool = typer.Option(False, "--largest-component", help="Keep the largest connected component per label."),
     series_uid: str | None = typer.Option(None, "--series-uid", help="Series to use in DICOM folders with several."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (default: skip them)."),
+    output_format: str = typer.Option("nifti", "--output-format", help="nifti (<case>_seg.nii.gz) or dicom-seg "
+                                      "(a DICOM Segmentation <case>_seg.dcm referencing the series; DICOM inputs)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Segment volumes; outputs have exactly the input's shape and affine, plus volumes.csv (ml)."""
-    from medseg.inference.batch import check_output_dir, collect_inputs, predict_inputs
+    from medseg.inference.batch import OUTPUT_FORMATS, check_output_dir, collect_inputs, predict_inputs
     from medseg.inference.segmenter import Segmenter
 
+    if output_format not in OUTPUT_FORMATS:
+        raise MedsegError(f"unknown output format {output_format[:40]!r}; choose {' or '.join(OUTPUT_FORMATS)}",
+                          "--output-format")
     inputs = collect_inputs(input)
     check_output_dir(output, input)
     try:
@@ -185,7 +190,8 @@ def predict(
     except ValueError as e:
         raise MedsegError(str(e), "--device") from None
     summary = predict_inputs(segmenter, inputs, output, overwrite=overwrite, save_probabilities=save_probabilities,
-                             series_uid=series_uid, progress=silent if quiet else rich_progress)
+                             series_uid=series_uid, output_format=output_format,
+                             progress=silent if quiet else rich_progress)
     table = Table(title=f"medseg predict -> {output}")
     for col in ("cases", "done", "skipped (exist)", "failed", "seconds", "s/case"):
         table.add_column(col)

@@ -282,3 +282,39 @@ def test_predict_uses_the_sliding_window_settings_the_model_was_validated_with()
     assert sliding_window_settings(model, overlap=0.75, sw_batch_size=8) == (0.75, 8)  # the user's choice wins
     defaults = ValidationConfig()
     assert sliding_window_settings(SimpleNamespace(meta={})) == (defaults.overlap, defaults.sw_batch_size)
+
+
+def test_dicom_seg_output_reproduces_the_nifti_labels_voxel_for_voxel(trained, tmp_path):
+    """predict --output-format dicom-seg on a real DICOM series: read back with highdicom, the SEG's
+    frames, mapped to the source instances they reference, give the NIfTI output's labels exactly."""
+    import highdicom as hd
+    import pydicom
+    import SimpleITK as sitk
+
+    series = shared("dicom") / "Study1" / "13_HCropVolume"
+    model = str(trained["run_dir"] / "model")
+    common = ["predict", "-m", model, "-i", str(series), "--overlap", "0", "--quiet"]
+    assert CliRunner().invoke(app, [*common, "-o", str(tmp_path / "nii")]).exit_code == 0
+    r = CliRunner().invoke(app, [*common, "-o", str(tmp_path / "seg"), "--output-format", "dicom-seg"])
+    assert r.exit_code == 0, r.output
+    labels = np.asarray(nib.load(tmp_path / "nii" / f"{series.name}_seg.nii.gz").dataobj)  # (X, Y, Z)
+    seg = hd.seg.segread(tmp_path / "seg" / f"{series.name}_seg.dcm")
+    (uid,) = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(series))
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(series), uid)  # slice order
+    sop_uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files]
+    frames = seg.get_pixels_by_source_instance(source_sop_instance_uids=sop_uids, combine_segments=True)
+    assert frames.shape == (labels.shape[2], labels.shape[1], labels.shape[0])
+    assert np.array_equal(frames.transpose(2, 1, 0), labels)
+    assert labels.max() > 0  # the comparison covered real segments, not only background
+    names = {int(d.SegmentNumber): d.SegmentLabel for d in seg.SegmentSequence}
+    assert names == {1: "Anterior", 2: "Posterior"}
+    assert seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeMeaning == "Hippocampus"
+    assert seg.SeriesInstanceUID != pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID
+
+
+def test_dicom_seg_output_of_a_nifti_input_fails_that_case(trained, tmp_path):
+    image = sorted((SAMPLE / "imagesTr").iterdir())[0]
+    r = CliRunner().invoke(app, ["predict", "-m", str(trained["run_dir"] / "model"), "-i", str(image),
+                                 "-o", str(tmp_path / "out"), "--output-format", "dicom-seg", "--quiet"])
+    assert r.exit_code == 1 and "needs a DICOM series input" in r.output
+    assert not list((tmp_path / "out").glob("*.dcm"))

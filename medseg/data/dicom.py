@@ -87,13 +87,13 @@ def find_series(folder: str | Path) -> list[SeriesInfo]:
     return out
 
 
-def read_series(folder: str | Path, series_uid: str | None = None) -> sitk.Image:
-    """Read one series of ``folder`` as a 3D SimpleITK image (LPS physical space, mm).
+def choose_series(folder: str | Path, series_uid: str | None = None) -> SeriesInfo:
+    """The series of ``folder`` to read: its only one, or the one with ``series_uid``; its files
+    are in GDCM's order along the slice normal (the order of the volume's slices).
 
     Raises:
-        DataError: no DICOM series in the folder; several series and no ``series_uid`` (the
-            message lists them); an unknown ``series_uid``; an unreadable or 2D series; slices
-            missing, duplicated or unevenly spaced (:func:`check_slice_positions`).
+        DataError: no DICOM series in the folder; several and no ``series_uid`` (the message lists
+            them); an unknown ``series_uid``.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -112,6 +112,19 @@ def read_series(folder: str | Path, series_uid: str | None = None) -> sitk.Image
             raise DataError(f"series {series_uid} is not in this folder; found: {', '.join(s.uid for s in series)}",
                             folder)
         chosen = matches[0]
+    return chosen
+
+
+def read_series(folder: str | Path, series_uid: str | None = None) -> sitk.Image:
+    """Read one series of ``folder`` as a 3D SimpleITK image (LPS physical space, mm).
+
+    Raises:
+        DataError: no DICOM series in the folder; several series and no ``series_uid`` (the
+            message lists them); an unknown ``series_uid``; an unreadable or 2D series; slices
+            missing, duplicated or unevenly spaced (:func:`check_slice_positions`).
+    """
+    folder = Path(folder)
+    chosen = choose_series(folder, series_uid)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(chosen.files))
     reader.MetaDataDictionaryArrayUpdateOn()  # per-slice headers, for the slice-position check

@@ -85,10 +85,15 @@ def save_labels(result: SegmentationResult, path: Path) -> None:
         nib.save(img, tmp)
 
 
+OUTPUT_FORMATS = {"nifti": "_seg.nii.gz", "dicom-seg": "_seg.dcm"}
+
+
 def predict_inputs(segmenter: Segmenter, inputs: list[InputCase], output: Path, *, overwrite: bool = False,
-                   save_probabilities: bool = False, series_uid: str | None = None,
+                   save_probabilities: bool = False, series_uid: str | None = None, output_format: str = "nifti",
                    progress: ProgressFn = silent) -> BatchSummary:
-    """Segment every input into ``output/<case>_seg.nii.gz`` and write ``output/volumes.csv``.
+    """Segment every input into ``output/<case>_seg.nii.gz`` (or, with ``output_format="dicom-seg"``,
+    a DICOM Segmentation ``output/<case>_seg.dcm`` referencing the input series: DICOM inputs only)
+    and write ``output/volumes.csv``.
 
     ``volumes.csv`` has one row per case and foreground label: case, label, label_name, voxels,
     volume_ml (voxels x the input's voxel volume). With ``save_probabilities``, also
@@ -99,7 +104,7 @@ def predict_inputs(segmenter: Segmenter, inputs: list[InputCase], output: Path, 
     rows: list[dict] = []
     start = time.perf_counter()
     for case in progress(inputs, "predict", len(inputs)):
-        target = output / f"{case.name}_seg.nii.gz"
+        target = output / f"{case.name}{OUTPUT_FORMATS[output_format]}"
         if target.exists() and not overwrite:
             summary.skipped.append(case.name)
             continue
@@ -110,7 +115,12 @@ def predict_inputs(segmenter: Segmenter, inputs: list[InputCase], output: Path, 
             said = [str(w.message) for w in caught if issubclass(w.category, InputWarning)]
             if said:
                 summary.warnings[case.name] = said
-            save_labels(result, target)
+            if output_format == "dicom-seg":
+                from medseg.inference.dicom_seg import write_dicom_seg
+                write_dicom_seg(result.labels, result.source_files, segmenter.label_names, target,
+                                dataset=segmenter.plan.dataset, model_sha256=segmenter.model_sha256)
+            else:
+                save_labels(result, target)
             if save_probabilities:
                 probs = result.probabilities.astype(np.float16)
                 with atomic_path(output / f"{case.name}_probabilities.npz", suffix=".npz") as tmp:

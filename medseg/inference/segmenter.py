@@ -23,7 +23,7 @@ import torch
 from monai.transforms import KeepLargestConnectedComponent
 
 from medseg.data.dataset import case_id
-from medseg.data.dicom import is_dicom_folder, read_series, write_nifti_atomic
+from medseg.data.dicom import choose_series, is_dicom_folder, read_series, write_nifti_atomic
 from medseg.devices import resolve_device
 from medseg.errors import DataError
 from medseg.inference.predictor import Prediction, Predictor
@@ -44,6 +44,8 @@ class SegmentationResult:
         volumes_ml: volume per label name in ml (voxels x voxel volume).
         probabilities: (K, X, Y, Z) float32 softmax, if asked for.
         header: the input's NIfTI header (to write the labels with identical geometry).
+        source_files: for a DICOM series input, its files in slice order (slice k of ``labels``'
+            third axis is ``source_files[k]``); empty otherwise.
     """
 
     case: str
@@ -54,6 +56,7 @@ class SegmentationResult:
     volumes_ml: dict[str, float]
     probabilities: np.ndarray | None = None
     header: nib.Nifti1Header | None = field(default=None, repr=False)
+    source_files: tuple[str, ...] = field(default=(), repr=False)
 
 
 class Segmenter:
@@ -121,10 +124,17 @@ class Segmenter:
             if not is_dicom_folder(path):
                 raise DataError("folder holds no DICOM series", path)
             sitk_image = read_series(path, series_uid)
+            files = choose_series(path, series_uid).files
             with tempfile.TemporaryDirectory(prefix="medseg-") as tmp:
                 nii = write_nifti_atomic(sitk_image, Path(tmp) / f"{path.name}.nii.gz")
-                return self._finish(path.name, self.predictor.predict_file(nii, keep_probabilities))
+                return self._finish(path.name, self.predictor.predict_file(nii, keep_probabilities), files)
         return self._finish(case_id(path), self.predictor.predict_file(path, keep_probabilities))
+
+    @property
+    def model_sha256(self) -> str:
+        """The SHA-256 of the model's weights, as its model directory records it."""
+        checksums = self.predictor.model.meta.get("checksums") or {}
+        return str(next(iter(checksums.values()), ""))
 
     def predict_many(self, inputs: Iterable[str | Path], progress: bool | ProgressFn = True) -> Iterator[SegmentationResult]:
         """Segment several volumes, yielding results one at a time (with a progress bar by default).
@@ -137,7 +147,7 @@ class Segmenter:
         for item in track(items, "segment", len(items)):
             yield self.predict(item)
 
-    def _finish(self, name: str, pred: Prediction) -> SegmentationResult:
+    def _finish(self, name: str, pred: Prediction, source_files: tuple[str, ...] = ()) -> SegmentationResult:
         labels = pred.labels
         if self._lcc is not None:
             labels = np.asarray(self._lcc(torch.as_tensor(labels)[None]))[0].astype(labels.dtype)
@@ -146,4 +156,4 @@ class Segmenter:
         voxels = {n: int(counts[k]) for k, n in self.label_names.items()}
         return SegmentationResult(case=name, labels=labels, affine=pred.affine, voxel_volume_ml=voxel_ml, voxels=voxels,
                                   volumes_ml={n: v * voxel_ml for n, v in voxels.items()},
-                                  probabilities=pred.probabilities, header=pred.header)
+                                  probabilities=pred.probabilities, header=pred.header, source_files=source_files)
