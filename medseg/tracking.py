@@ -127,6 +127,16 @@ class Tracker:
         for i in range(0, len(items), 1000):  # MLflow's limit per log_batch call
             self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
 
+    def log_dataset(self, name: str, digest: str, source: str, context: str, profile: dict) -> None:
+        """Log a dataset input of the run (MLflow's Datasets: shown in the run's *Datasets used*),
+        tagged with its ``context`` (``training`` / ``validation``)."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": source}),
+                          profile=json.dumps(profile))
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+
     def set_tags(self, tags: dict[str, str]) -> None:
         """Add or overwrite string tags."""
         self.client.log_batch(self.run_id, tags=[RunTag(mlflow_key(k), str(v)) for k, v in tags.items()])

@@ -120,3 +120,23 @@ def test_a_nan_loss_is_a_medseg_error_that_names_the_fix():
         training_step(net, image, label, dice_ce_loss(), build_optimizer(net.parameters(), "sgd", 0.01),
                       device=torch.device("cpu"))
     assert e.value.path == "train.lr"
+
+
+def test_training_and_validation_cases_are_mlflow_dataset_inputs(trained):
+    """Read back from the store: one dataset per context, its digest over the case ids and the
+    files' SHA-256 (so a changed file changes it), the source folder, and the cases of split.json."""
+    from medseg.data.dataset import case_list_digest, read_dataset
+
+    run = trained["client"].get_run(trained["run"].info.run_id)
+    inputs = {next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset
+              for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "validation"}
+    split = json.loads((trained["run_dir"] / "split.json").read_text())
+    spec = read_dataset(SAMPLE)
+    by_id = {c.case_id: c for c in spec.cases}
+    for context, key in (("training", "train"), ("validation", "val")):
+        dataset = inputs[context]
+        assert json.loads(dataset.profile)["case_ids"] == split[key]
+        assert dataset.digest == case_list_digest([by_id[i] for i in split[key]])
+        assert json.loads(dataset.source)["uri"] == str(spec.root)
+    assert inputs["training"].digest != inputs["validation"].digest

@@ -6,6 +6,7 @@ An MSD task folder holds ``dataset.json`` (``modality``, ``labels``, ``training`
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,3 +143,19 @@ def read_dataset(root: str | Path) -> DatasetSpec:
         seen.add(cid)
         cases.append(Case(cid, image, label))
     return DatasetSpec(root=root, name=str(doc.get("name", root.name)), modality=mods, labels=labels, cases=cases)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def case_list_digest(cases: list[Case]) -> str:
+    """A digest of a list of cases: their ids and the SHA-256 of their image and label files (16 hex
+    characters; the same cases with the same bytes give the same digest, in any order)."""
+    lines = sorted(f"{c.case_id} {file_sha256(c.image)} {file_sha256(c.label)}" for c in cases)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]

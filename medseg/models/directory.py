@@ -14,7 +14,6 @@ Inference needs nothing else: not the training config, not the dataset.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 
 from medseg import __version__
+from medseg.data.dataset import file_sha256
 from medseg.errors import MedsegError, ModelError
 from medseg.models.unet import NetworkSpec, build_unet
 from medseg.plan import Plan
@@ -62,7 +62,7 @@ def save_model_dir(path: str | Path, network: torch.nn.Module, plan: Plan, spec:
         state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
         torch.save(state, tmp / WEIGHTS_FILE)
         meta = {"format_version": FORMAT_VERSION, "medseg_version": __version__, "plan": plan.to_dict(),
-                "network": spec.to_dict(), "checksums": {WEIGHTS_FILE: sha256(tmp / WEIGHTS_FILE)}, **(extra or {})}
+                "network": spec.to_dict(), "checksums": {WEIGHTS_FILE: file_sha256(tmp / WEIGHTS_FILE)}, **(extra or {})}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
         if path.exists():
             old = path.with_name(f".{path.name}.old")
@@ -78,13 +78,6 @@ def save_model_dir(path: str | Path, network: torch.nn.Module, plan: Plan, spec:
     return path
 
 
-def sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -122,7 +115,7 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
     expected = checksums.get(WEIGHTS_FILE) if isinstance(checksums, dict) else None
     if expected is None:
         raise ModelError(f"model metadata has no checksum for {WEIGHTS_FILE}", path / META_FILE)
-    if sha256(path / WEIGHTS_FILE) != expected:
+    if file_sha256(path / WEIGHTS_FILE) != expected:
         raise ModelError("checksum mismatch: the file is not the one this model directory was exported with "
                          "(damaged or replaced)", path / WEIGHTS_FILE)
     try:

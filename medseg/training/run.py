@@ -22,6 +22,7 @@ from monai.utils import set_determinism
 from medseg import transforms as mt
 from medseg.config import Config, ModelConfig, config_to_yaml, flatten
 from medseg.data import kfold_splits, load_or_compute_fingerprint, read_dataset
+from medseg.data.dataset import case_list_digest
 from medseg.data.folds import save_split
 from medseg.devices import resolve_device
 from medseg.errors import ConfigError, MedsegError
@@ -180,7 +181,7 @@ def _run(cfg: Config, resume_dir: Path | None, device: torch.device, info: dist.
                                  f"{len(train_items)} training / {len(val_items)} validation cases")
     try:
         if state is None and info.is_main:
-            _record_inputs(cfg, plan, fingerprint, split, run_dir, tracker)
+            _record_inputs(cfg, spec, plan, fingerprint, split, run_dir, tracker)
         result = _fit(cfg, plan, net_spec, network, device, amp, train_items, val_items, run_dir, tracker, progress,
                       log, state, info)
     except BaseException as e:
@@ -292,8 +293,9 @@ def _open_run(cfg: Config, dataset: str, plan, device: torch.device, amp: str, i
     return run_dir, tracker
 
 
-def _record_inputs(cfg: Config, plan, fingerprint: dict, split: dict, run_dir: Path, tracker: Tracker) -> None:
-    """Write and log what defines the run: resolved config, split, fingerprint, plan, params."""
+def _record_inputs(cfg: Config, spec, plan, fingerprint: dict, split: dict, run_dir: Path, tracker: Tracker) -> None:
+    """Write and log what defines the run: resolved config, split, fingerprint, plan, params, and the
+    training and validation cases as MLflow dataset inputs (digest of case ids and file SHA-256s)."""
     (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
     save_split(split, run_dir / "split.json")
     (run_dir / "fingerprint.json").write_text(json.dumps(fingerprint, indent=1))
@@ -304,6 +306,11 @@ def _record_inputs(cfg: Config, plan, fingerprint: dict, split: dict, run_dir: P
                         "data.num_val_cases": len(split["val"])})
     for name in ("config.yaml", "split.json", "fingerprint.json", "plan.json"):
         tracker.log_artifact(run_dir / name)
+    by_id = {c.case_id: c for c in spec.cases}
+    for context, key in (("training", "train"), ("validation", "val")):
+        cases = [by_id[i] for i in split[key]]
+        tracker.log_dataset(f"{spec.name}_fold{cfg.data.fold}_{context}", case_list_digest(cases), str(spec.root),
+                            context, {"num_cases": len(cases), "case_ids": [c.case_id for c in cases]})
 
 
 def _datasets(cfg: Config, plan, train_items, val_items, progress, world_size: int = 1):
