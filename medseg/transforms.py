@@ -12,7 +12,9 @@ and z-scored with the dataset's foreground mean and standard deviation.
 """
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 
 import numpy as np
 from monai import transforms as T
@@ -21,6 +23,21 @@ from medseg.plan import Plan
 
 INDICES_KEY = "label_cls_indices"
 CROP_STEPS = 2  # the leading steps of patch_sampling_and_augmentation that crop; the rest augment
+
+
+def _nifti_loader(keys) -> T.LoadImaged:
+    """MONAI's LoadImaged with nibabel. MONAI also registers its other readers; with pydicom installed
+    (highdicom needs it) its GPU DICOM decoder plugin says at every construction that nvImageCodec
+    is missing. medseg reads DICOM with SimpleITK, so that notice is silenced here."""
+    plugin_log = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    level = plugin_log.level
+    plugin_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader", category=UserWarning)
+            return T.LoadImaged(keys=keys, reader="NibabelReader", image_only=True, ensure_channel_first=True)
+    finally:
+        plugin_log.setLevel(level)
 
 
 def preprocessing(plan: Plan, keys: tuple[str, ...] = ("image", "label")) -> T.Compose:
@@ -34,7 +51,7 @@ def preprocessing(plan: Plan, keys: tuple[str, ...] = ("image", "label")) -> T.C
     image_mode = 3 if plan.image_interpolation == "spline" else "bilinear"
     modes = (image_mode, "nearest") if has_label else (image_mode,)
     chain = [
-        T.LoadImaged(keys=keys, reader="NibabelReader", image_only=True, ensure_channel_first=True),
+        _nifti_loader(keys),
         T.Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         T.Spacingd(keys=keys, pixdim=plan.target_spacing, mode=modes),
     ]
