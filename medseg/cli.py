@@ -290,11 +290,14 @@ def sweep(
     sid, parent_id, status = run_sweep(cfg, spec, sweep_id=sweep_id, log=console.print, jobs=jobs, executor=executor,
                                        slurm_partition=slurm_partition, timeout_min=timeout_min)
     folder = report_dir or Path(cfg.output_dir) / "sweeps" / sid / "report"
-    report = build_report(_uri(tracking_uri or cfg.tracking.tracking_uri), cfg.tracking.experiment, folder, sid,
-                          plateau_delta=plateau_delta)
-    out.print(_summary_table(report))
-    out.print(f"sweep {sid}: parent MLflow run {parent_id}; report in {folder}")
     failed = {k: v for k, v in status.items() if v.startswith("failed")}
+    if len(failed) < len(status):  # a report needs at least one finished child
+        report = build_report(_uri(tracking_uri or cfg.tracking.tracking_uri), cfg.tracking.experiment, folder, sid,
+                              plateau_delta=plateau_delta)
+        out.print(_summary_table(report))
+        out.print(f"sweep {sid}: parent MLflow run {parent_id}; report in {folder}")
+    else:
+        console.print(f"sweep {sid}: no child finished, so there is no report (parent MLflow run {parent_id})")
     for k, v in failed.items():
         console.print(f"[bold red]{k}:[/] {v}")
     if failed:

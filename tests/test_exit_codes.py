@@ -397,3 +397,13 @@ def test_random_command_lines_end_in_a_documented_exit_code_without_a_traceback(
     if proc.returncode == EXIT_USAGE:
         assert proc.stderr.count("error:") == 1, (argv, proc.stderr)
     assert not list(tmp_path.iterdir()), (argv, "a refused command wrote into the working directory")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA (the child fails)")
+def test_a_sweep_whose_child_fails_exits_1_and_says_which(tmp_path):
+    proc = medseg("sweep", "--config", ROOT / "configs/demo.yaml", "--data", SAMPLE, "--norms", "instance",
+                  "--batch-sizes", "1", "--seeds", "1", "--budget-samples", "2", "--evaluations", "1",
+                  "--tracking-uri", f"sqlite:///{tmp_path / 'store.db'}", "--set", f"output_dir={tmp_path / 'runs'}",
+                  "--set", "train.device=cuda", "--report-dir", tmp_path / "report")
+    assert proc.returncode == EXIT_FAILED_CASES, proc.stdout + proc.stderr
+    assert "instance_bs1_seed0" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
