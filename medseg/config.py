@@ -178,6 +178,10 @@ class TrackingConfig(_Strict):
     run_name: str | None = Field(None, description="MLflow run name; null = dataset_norm_bsN_foldK_time.")
     parent_run_id: str | None = Field(None, description="Make the run a child of this MLflow run (a sweep sets it).")
     tags: dict[str, str] = Field(default_factory=dict, description="Extra MLflow tags on the run.")
+    system_metrics_interval: float | None = Field(
+        10.0, gt=0, description="Seconds between samples of MLflow's system metrics (CPU, memory, disk, network; "
+                                "GPU utilization and memory with pynvml), logged by the training process (rank 0 "
+                                "under torchrun); null = off.")
 
     @field_validator("run_name")
     @classmethod

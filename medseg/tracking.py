@@ -149,8 +149,23 @@ class Tracker:
         """Copy a local folder's files into the run's artifacts (under ``artifact_path``)."""
         self.client.log_artifacts(self.run_id, str(path), artifact_path)
 
+    def start_system_metrics(self, interval_s: float | None, resume: bool = False) -> None:
+        """Sample CPU, memory, disk, network (and GPU where pynvml sees one) every ``interval_s``
+        seconds into the run's ``system/*`` metrics, with MLflow's SystemMetricsMonitor (needs
+        psutil), until :meth:`end`. ``None`` does nothing."""
+        if not interval_s:
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s, resume_logging=resume,
+                                             tracking_uri=self.uri)
+        self._monitor.start()
+
     def end(self, status: str = "FINISHED") -> None:
-        """Mark the run ``FINISHED``, ``FAILED`` or ``KILLED``."""
+        """Stop the system metrics (if started) and mark the run ``FINISHED``, ``FAILED`` or ``KILLED``."""
+        monitor = getattr(self, "_monitor", None)
+        if monitor is not None:
+            monitor.finish()
+            self._monitor = None
         self.client.set_terminated(self.run_id, status)
 
 

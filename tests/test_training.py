@@ -140,3 +140,10 @@ def test_training_and_validation_cases_are_mlflow_dataset_inputs(trained):
         assert dataset.digest == case_list_digest([by_id[i] for i in split[key]])
         assert json.loads(dataset.source)["uri"] == str(spec.root)
     assert inputs["training"].digest != inputs["validation"].digest
+
+
+def test_system_metrics_are_logged_by_the_training_run(trained):
+    """MLflow's system metrics monitor sampled the run (every 0.5 s here): CPU and memory, read back."""
+    metrics = trained["client"].get_run(trained["run"].info.run_id).data.metrics
+    assert 0 <= metrics["system/cpu_utilization_percentage"] <= 100
+    assert metrics["system/system_memory_usage_megabytes"] > 0

@@ -265,6 +265,7 @@ def _open_run(cfg: Config, dataset: str, plan, device: torch.device, amp: str, i
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
     if state is not None:
         tracker = Tracker.attach(uri, state["mlflow_run_id"]) if info.is_main else RankTracker(state["mlflow_run_id"])
+        tracker.start_system_metrics(cfg.tracking.system_metrics_interval, resume=True)
         log(f"MLflow run {tracker.run_id} in {tracker.uri} (resumed)")
         return resume_dir, tracker
     if not info.is_main:
@@ -286,6 +287,7 @@ def _open_run(cfg: Config, dataset: str, plan, device: torch.device, amp: str, i
         run_dir.rmdir()  # still empty: no half-made run folder is left behind
         raise
     dist.broadcast((run_dir, tracker.run_id), info)
+    tracker.start_system_metrics(cfg.tracking.system_metrics_interval)
     log(f"run {run_name}: {cases}, patch {plan.patch_size}, spacing "
         f"{tuple(round(s, 3) for s in plan.target_spacing)} mm, norm {m.norm}, device {device}, autocast {amp}"
         + (f", {info.world_size} processes (DDP)" if info.enabled else ""))
