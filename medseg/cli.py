@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medseg import __version__
-from medseg.errors import EXIT_FAILED_CASES, MedsegError
+from medseg.errors import EXIT_FAILED_CASES, Interrupted, MedsegError
 from medseg.keys import NORMS
 from medseg.study.rules import PLATEAU_DELTA
 from medseg.progress import rich_progress, silent
@@ -452,9 +452,7 @@ def run_cli(argv: list[str] | None = None) -> int:
     try:
         rv = app(args=argv, prog_name="medseg", standalone_mode=False)
     except MedsegError as e:
-        from medseg.study.sweep import SweepInterrupted
-        from medseg.training.run import TrainingInterrupted
-        if isinstance(e, (TrainingInterrupted, SweepInterrupted)):
+        if isinstance(e, Interrupted):  # no import here: the boundary must work whatever failed
             console.print(f"[bold yellow]interrupted:[/] {e}", highlight=False, soft_wrap=True)
             return EXIT_INTERRUPTED
         return fail(str(e), EXIT_USAGE)

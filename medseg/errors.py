@@ -30,6 +30,10 @@ class MedsegError(Exception):
         super().__init__(f"{path}: {message}" if path is not None else message)
 
 
+class Interrupted(MedsegError):
+    """SIGINT/SIGTERM stopped a command after it saved what it had (exit code 130)."""
+
+
 class ConfigError(MedsegError):
     """A configuration file or override is invalid (unknown key, wrong type, bad value)."""
 

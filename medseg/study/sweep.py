@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Literal
 
 from medseg.config import Config, config_to_yaml, flatten
-from medseg.errors import ConfigError, MedsegError
+from medseg.errors import ConfigError, Interrupted, MedsegError
 from medseg.tracking import Tracker, resolve_tracking_uri
 
 BudgetKind = Literal["samples", "iterations", "minutes"]
@@ -44,7 +44,7 @@ LR_RULES = tuple(LR_RULE_FACTORS)
 Log = Callable[[str], None]
 
 
-class SweepInterrupted(MedsegError):
+class SweepInterrupted(Interrupted):
     """The sweep was interrupted; running the same command again continues it."""
 
 

@@ -25,7 +25,7 @@ from medseg.data import kfold_splits, load_or_compute_fingerprint, read_dataset
 from medseg.data.dataset import case_list_digest
 from medseg.data.folds import save_split
 from medseg.devices import resolve_device
-from medseg.errors import ConfigError, MedsegError
+from medseg.errors import ConfigError, Interrupted, MedsegError
 from medseg.inference.sliding_window import effective_amp, make_inferer
 from medseg.models import NetworkSpec, build_unet
 from medseg.models.directory import save_model_dir
@@ -337,7 +337,7 @@ def _datasets(cfg: Config, plan, train_items, val_items, progress, world_size: i
     return stream, val
 
 
-class TrainingInterrupted(MedsegError):
+class TrainingInterrupted(Interrupted):
     """SIGTERM/SIGINT arrived: a checkpoint was saved and the run can be resumed."""
 
 
