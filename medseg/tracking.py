@@ -155,7 +155,10 @@ class Tracker:
         psutil), until :meth:`end`. ``None`` does nothing."""
         if not interval_s:
             return
+        import logging
+
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no start/stop notices per run
         self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s, resume_logging=resume,
                                              tracking_uri=self.uri)
         self._monitor.start()
