@@ -310,12 +310,8 @@ def _uri(uri: str | None) -> str:
 
 
 def _existing_store(uri: str | None) -> str:
-    """The tracking URI of a store to read; a local SQLite file that does not exist is refused
-    (MLflow would create an empty one)."""
-    uri = _uri(uri)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise MedsegError("no MLflow store here yet (train or sweep first, or pass --tracking-uri)", uri)
-    return uri
+    from medseg.tracking import existing_store
+    return existing_store(uri)
 
 
 def _summary_table(report: dict) -> Table:

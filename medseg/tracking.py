@@ -27,6 +27,19 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
+def existing_store(uri: str | None = None) -> str:
+    """The tracking URI (:func:`resolve_tracking_uri`) of a store to read from; a local SQLite file
+    that does not exist is refused, since MLflow would create an empty one (and its folders).
+
+    Raises:
+        MedsegError: the SQLite file does not exist.
+    """
+    uri = resolve_tracking_uri(uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise MedsegError("no MLflow store here yet (train or sweep first, or pass --tracking-uri)", uri)
+    return uri
+
+
 def git_commit() -> str:
     """The medseg source tree's git commit, or ``"unknown"``."""
     try:

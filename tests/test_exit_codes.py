@@ -380,9 +380,9 @@ COMMANDS = {
 }
 
 
-@settings(max_examples=int(os.environ.get("MEDSEG_FUZZ_EXAMPLES", 40)), deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=int(os.environ.get("MEDSEG_FUZZ_EXAMPLES", 40)), deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
-def test_random_command_lines_end_in_a_documented_exit_code_without_a_traceback(tmp_path, data):
+def test_random_command_lines_end_in_a_documented_exit_code_without_a_traceback(tmp_path_factory, data):
     """Property: any command line made of medseg's commands and options with garbage values (every
     path missing, so no real work starts) ends in exit 0 (help) or 2 with one ``error:`` message:
     never an internal error (3), a traceback or an exception escaping the entry point."""
@@ -391,6 +391,7 @@ def test_random_command_lines_end_in_a_documented_exit_code_without_a_traceback(
     argv = [command]
     for option in options:
         argv += [option] if option in ("--help", "--bogus") else [option, data.draw(st.sampled_from(GARBAGE))]
+    tmp_path = tmp_path_factory.mktemp("cwd")  # a fresh working directory per example
     proc = medseg(*argv, cwd=tmp_path)
     assert proc.returncode in (EXIT_OK, EXIT_USAGE), (argv, proc.stderr)
     assert "Traceback" not in proc.stderr, (argv, proc.stderr)

@@ -33,7 +33,7 @@ from medseg.models.memory import available_memory_bytes, training_memory_bytes
 from medseg.plan import make_plan
 from medseg.plots import learning_curve, overlay_slices
 from medseg.progress import ProgressFn, silent
-from medseg.tracking import RankTracker, Tracker, resolve_tracking_uri
+from medseg.tracking import RankTracker, Tracker, existing_store, resolve_tracking_uri
 from medseg.training import distributed as dist
 from medseg.training.checkpoint import load_checkpoint, save_checkpoint
 from medseg.training.loop import dice_ce_loss, grad_scaler, train_epoch
@@ -98,7 +98,12 @@ def find_run_dir(resume: str | Path, tracking_uri: str | None = None) -> Path:
     if not path.exists():
         run_id = str(resume)
         try:
-            run = Tracker.client_for(resolve_tracking_uri(tracking_uri)).get_run(run_id)
+            store = existing_store(tracking_uri)  # looking a run id up must not create a store
+        except MedsegError:
+            raise MedsegError("not a run folder, and there is no MLflow store at "
+                              f"{resolve_tracking_uri(tracking_uri)} to look it up as a run id", resume) from None
+        try:
+            run = Tracker.client_for(store).get_run(run_id)
             path = Path(run.data.tags["medseg.run_dir"])
         except Exception:
             raise MedsegError("not a run folder, nor an MLflow run id known to the tracking store "
