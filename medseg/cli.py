@@ -309,11 +309,6 @@ def _uri(uri: str | None) -> str:
     return resolve_tracking_uri(uri)
 
 
-def _existing_store(uri: str | None) -> str:
-    from medseg.tracking import existing_store
-    return existing_store(uri)
-
-
 def _summary_table(report: dict) -> Table:
     table = Table(title=f"sweep {report['sweep_id']}: final models; CI over cases, ± std over seeds "
                         f"({report['converged']}/{len(report['rows'])} children converged)")
@@ -342,9 +337,9 @@ def report(
 ):
     """Build a sweep's report (CSV, Markdown, PNG plots, paired statistics) from the MLflow store alone."""
     from medseg.study.report import build_report, find_sweep
-    from medseg.tracking import Tracker
+    from medseg.tracking import Tracker, existing_store
 
-    uri = _existing_store(tracking_uri)
+    uri = existing_store(tracking_uri)
     if output is None:
         _, parent = find_sweep(Tracker.client_for(uri), experiment, sweep_id)
         output = Path("reports") / parent.data.tags["medseg.sweep_id"]
@@ -365,7 +360,9 @@ def ui(
     import signal
     import subprocess
 
-    uri = _existing_store(tracking_uri)
+    from medseg.tracking import existing_store
+
+    uri = existing_store(tracking_uri)
     if uri.startswith(("http://", "https://")):
         raise MedsegError("this is already a tracking server: open it in a browser", uri)
     console.print(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C stops it)")

@@ -123,8 +123,12 @@ def read_series(folder: str | Path, series_uid: str | None = None) -> sitk.Image
             message lists them); an unknown ``series_uid``; an unreadable or 2D series; slices
             missing, duplicated or unevenly spaced (:func:`check_slice_positions`).
     """
-    folder = Path(folder)
-    chosen = choose_series(folder, series_uid)
+    return read_chosen_series(choose_series(folder, series_uid))
+
+
+def read_chosen_series(chosen: SeriesInfo) -> sitk.Image:
+    """Read a series found by :func:`choose_series` (see :func:`read_series` for the errors)."""
+    folder = chosen.folder
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(chosen.files))
     reader.MetaDataDictionaryArrayUpdateOn()  # per-slice headers, for the slice-position check

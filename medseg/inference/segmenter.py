@@ -23,7 +23,7 @@ import torch
 from monai.transforms import KeepLargestConnectedComponent
 
 from medseg.data.dataset import case_id
-from medseg.data.dicom import choose_series, is_dicom_folder, read_series, write_nifti_atomic
+from medseg.data.dicom import choose_series, is_dicom_folder, read_chosen_series, write_nifti_atomic
 from medseg.devices import resolve_device
 from medseg.errors import DataError
 from medseg.inference.predictor import Prediction, Predictor
@@ -123,8 +123,8 @@ class Segmenter:
         if path.is_dir():
             if not is_dicom_folder(path):
                 raise DataError("folder holds no DICOM series", path)
-            sitk_image = read_series(path, series_uid)
-            files = choose_series(path, series_uid).files
+            chosen = choose_series(path, series_uid)  # one scan of the folder for the image and its files
+            sitk_image, files = read_chosen_series(chosen), chosen.files
             with tempfile.TemporaryDirectory(prefix="medseg-") as tmp:
                 nii = write_nifti_atomic(sitk_image, Path(tmp) / f"{path.name}.nii.gz")
                 return self._finish(path.name, self.predictor.predict_file(nii, keep_probabilities), files)
