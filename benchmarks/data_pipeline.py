@@ -45,8 +45,8 @@ def main(argv=None) -> int:
     from medseg import transforms as mt
     from medseg.models import NetworkSpec, build_unet
     from medseg.training.distributed import DistInfo, rank_indices
-    from medseg.training.sampling import EpochPatchStream
-    from medseg.inference.sliding_window import effective_amp
+    from medseg.training.patch_stream import EpochPatchStream
+    from medseg.precision import effective_amp
     from medseg.training.timing import time_training_step
 
     cache: dict = {}

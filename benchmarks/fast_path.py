@@ -9,7 +9,7 @@ peak memory and the speed-up against float32 eager (the baseline, same process, 
                                    [--amp bf16|fp16] [--iterations 6] [--device cpu|cuda] [--json out.json]
 
 On CPU, ``amp`` is bf16 where the CPU computes it natively (AVX512-BF16/AMX), otherwise it runs
-float32 and the row says so (see medseg.inference.sliding_window.effective_amp). torch.compile's
+float32 and the row says so (see medseg.precision.effective_amp). torch.compile's
 compilation happens in the untimed warm-up iterations.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ VARIANTS = {"fp32": {}, "amp": {"amp": True}, "cl": {"channels_last": True}, "co
 
 
 def main() -> None:
-    from medseg.inference.sliding_window import effective_amp
+    from medseg.precision import effective_amp
     from medseg.models import NetworkSpec, build_unet
     from medseg.training.timing import time_training_step
 

@@ -40,7 +40,7 @@ def medseg_runner(norm: str, batch_size: int, iterations: int, device: torch.dev
     from medseg.training.distributed import DistInfo, rank_indices
     from medseg.training.loop import dice_ce_loss, train_epoch
     from medseg.training.optim import build_optimizer, build_scheduler
-    from medseg.training.sampling import EpochPatchStream
+    from medseg.training.patch_stream import EpochPatchStream
 
     if "plan" not in cache:
         spec = read_dataset(SAMPLE)

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from medseg import __version__
 from medseg.errors import EXIT_FAILED_CASES, Interrupted, MedsegError
-from medseg.keys import NORMS
+from medseg.norm_registry import NORMS
 from medseg.study.rules import PLATEAU_DELTA
 from medseg.progress import rich_progress, silent
 
@@ -39,6 +40,11 @@ def _fmt(x: float) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.4f}"
 
 
+
+def _say(text: str) -> None:
+    """Print a log line as it is (no rich markup: paths and messages may hold square brackets)."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
 @app.command()
 def train(
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML config (see configs/); "
@@ -55,6 +61,10 @@ def train(
                                        "for the same config and seed on CPU (sets train.deterministic)."),
     offline: bool = typer.Option(False, "--offline", help="Log to the local store sqlite:///mlflow.db whatever "
                                  "the config or MLFLOW_TRACKING_URI say."),
+    register: str | None = typer.Option(None, "--register", help="Register the best model in the MLflow Model "
+                                        "Registry under this name (sets tracking.register_model)."),
+    alias: str | None = typer.Option(None, "--alias", help="Alias of the registered version (default: champion; "
+                                     "sets tracking.register_alias)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines."),
 ):
     """Train a 3D U-Net on an MSD dataset and validate it on one fold; log everything to MLflow."""
@@ -70,6 +80,12 @@ def train(
         overrides.append(f"tracking.experiment={experiment}")
     if deterministic:
         overrides.append("train.deterministic=true")
+    if register:
+        overrides.append(f"tracking.register_model={register}")
+    if alias:
+        if not register:
+            raise MedsegError("--alias names the registered version: use it with --register NAME", "--alias")
+        overrides.append(f"tracking.register_alias={alias}")
     if offline:
         tracking_uri = f"sqlite:///{Path('mlflow.db').resolve()}"
     if tracking_uri:
@@ -86,7 +102,7 @@ def train(
         raise MedsegError("--config is required (or --resume RUN_DIR)", "medseg train")
     cfg = load_config(config, overrides)
     result = run_training(cfg, resume_dir=resume_dir, progress=silent if quiet else rich_progress,
-                          log=(lambda s: None) if quiet else console.print)
+                          log=(lambda s: None) if quiet else _say)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun, rank 0 reports
     table = Table(title=f"Validation, fold {cfg.data.fold} (best epoch {result.best_epoch + 1})")
@@ -157,7 +173,8 @@ def fingerprint(
 
 @app.command()
 def predict(
-    model: Path = typer.Option(..., "--model", "-m", help="Model directory (written by medseg train)."),
+    model: str = typer.Option(..., "--model", "-m", help="Model directory (written by medseg train), or an MLflow "
+                              "model URI: models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/medseg_model."),
     input: Path = typer.Option(..., "--input", "-i", help="NIfTI file, folder of NIfTI files, DICOM series folder, "
                                                           "or folder of DICOM series folders."),
     output: Path = typer.Option(..., "--output", "-o", help="Output folder (not inside the input folder)."),
@@ -173,6 +190,8 @@ def predict(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (default: skip them)."),
     output_format: str = typer.Option("nifti", "--output-format", help="nifti (<case>_seg.nii.gz) or dicom-seg "
                                       "(a DICOM Segmentation <case>_seg.dcm referencing the series; DICOM inputs)."),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow store of a models:/ or runs:/ "
+                                            "model (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Segment volumes; outputs have exactly the input's shape and affine, plus volumes.csv (ml)."""
@@ -182,10 +201,13 @@ def predict(
     if output_format not in OUTPUT_FORMATS:
         raise MedsegError(f"unknown output format {output_format[:40]!r}; choose {' or '.join(OUTPUT_FORMATS)}",
                           "--output-format")
+    from medseg.tracking import resolve_model_uri
+
     inputs = collect_inputs(input)
     check_output_dir(output, input)
+    model_dir = resolve_model_uri(model, tracking_uri)  # a folder, or downloaded from the MLflow store
     try:
-        segmenter = Segmenter.load(model, device=device, overlap=overlap, sw_batch_size=sw_batch_size, tta=tta,
+        segmenter = Segmenter.load(model_dir, device=device, overlap=overlap, sw_batch_size=sw_batch_size, tta=tta,
                                    largest_component=largest_component)
     except ValueError as e:
         raise MedsegError(str(e), "--device") from None
@@ -201,9 +223,9 @@ def predict(
     out.print(table)
     for name, said in summary.warnings.items():
         for msg in said:
-            console.print(f"[bold yellow]warning:[/] {name}: {msg}", highlight=False, soft_wrap=True)
+            console.print(f"[bold yellow]warning:[/] {escape(f'{name}: {msg}')}", highlight=False, soft_wrap=True)
     for name, msg in summary.failed.items():
-        console.print(f"[bold red]failed:[/] {name}: {msg}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]failed:[/] {escape(f'{name}: {msg}')}", highlight=False, soft_wrap=True)
     if summary.failed:
         raise typer.Exit(EXIT_FAILED_CASES)
 
@@ -287,7 +309,7 @@ def sweep(
     spec = SweepSpec(norms=_csv(norms, str, "--norms"), batch_sizes=_csv(batch_sizes, int, "--batch-sizes"),
                      seeds=tuple(range(seeds)), budget=kind, budget_value=float(value), lr_rule=lr_rule,
                      evaluations=evaluations)
-    sid, parent_id, status = run_sweep(cfg, spec, sweep_id=sweep_id, log=console.print, jobs=jobs, executor=executor,
+    sid, parent_id, status = run_sweep(cfg, spec, sweep_id=sweep_id, log=_say, jobs=jobs, executor=executor,
                                        slurm_partition=slurm_partition, timeout_min=timeout_min)
     folder = report_dir or Path(cfg.output_dir) / "sweeps" / sid / "report"
     failed = {k: v for k, v in status.items() if v.startswith("failed")}
@@ -299,7 +321,7 @@ def sweep(
     else:
         console.print(f"sweep {sid}: no child finished, so there is no report (parent MLflow run {parent_id})")
     for k, v in failed.items():
-        console.print(f"[bold red]{k}:[/] {v}")
+        console.print(f"[bold red]{escape(str(k))}:[/] {escape(str(v))}")
     if failed:
         raise typer.Exit(EXIT_FAILED_CASES)
 
@@ -354,20 +376,26 @@ def ui(
                                                "medseg writes to: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."),
     port: int = typer.Option(5000, "--port", min=1, max=65535),
 ):
-    """Start the MLflow UI on 127.0.0.1 for medseg's tracking store (Ctrl-C or SIGTERM stops it, and
-    the web server processes MLflow starts with it)."""
+    """Start the MLflow UI on 127.0.0.1 for medseg's tracking store, as a single-user server (one web
+    worker, no background job runner), and print the runs page of each experiment. Ctrl-C or
+    SIGTERM stops it, and the web server processes MLflow starts with it."""
     import os
     import signal
     import subprocess
 
-    from medseg.tracking import existing_store
+    from medseg.tracking import existing_store, runs_page_urls
 
     uri = existing_store(tracking_uri)
     if uri.startswith(("http://", "https://")):
         raise MedsegError("this is already a tracking server: open it in a browser", uri)
-    console.print(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C stops it)")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, start_new_session=True)  # its own process group: mlflow ui and its uvicorn
+    base = f"http://127.0.0.1:{port}"
+    _say(f"MLflow UI for {uri} at {base} (starting; Ctrl-C stops it). Runs pages:")
+    for name, url in runs_page_urls(uri, base):
+        _say(f"  {name}: {url}")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1"]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job-runner processes for one user
+    proc = subprocess.Popen(cmd, start_new_session=True, env=env)  # its own process group: mlflow ui and its uvicorn
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     code = 130
     try:
@@ -439,14 +467,14 @@ def run_cli(argv: list[str] | None = None) -> int:
     def fail(message: str, code: int) -> int:
         if debug:
             console.print_exception()
-        console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         return code
 
     try:
         rv = app(args=argv, prog_name="medseg", standalone_mode=False)
     except MedsegError as e:
         if isinstance(e, Interrupted):  # no import here: the boundary must work whatever failed
-            console.print(f"[bold yellow]interrupted:[/] {e}", highlight=False, soft_wrap=True)
+            console.print(f"[bold yellow]interrupted:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             return EXIT_INTERRUPTED
         return fail(str(e), EXIT_USAGE)
     except typer.Exit as e:

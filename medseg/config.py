@@ -16,13 +16,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medseg.errors import ConfigError
-from medseg.keys import NORMS
+from medseg.norm_registry import NORMS
 
 PosInt = Annotated[int, Field(ge=1)]
 Triple = tuple[PosInt, PosInt, PosInt]
 MAX_CONFIG_VALUES = 100_000  # a YAML file whose anchors/aliases expand beyond this is refused
 MAX_ECHO = 120  # characters of a bad value echoed in an error message
-NormName = Literal[NORMS]  # type: ignore[valid-type]  # the registry's names, written once in keys.py
+NormName = Literal[NORMS]  # type: ignore[valid-type]  # the registry's names (medseg/norm_registry.py)
 
 
 class _Strict(BaseModel):
@@ -182,6 +182,18 @@ class TrackingConfig(_Strict):
         10.0, gt=0, description="Seconds between samples of MLflow's system metrics (CPU, memory, disk, network; "
                                 "GPU utilization and memory with pynvml), logged by the training process (rank 0 "
                                 "under torchrun); null = off.")
+    log_model: bool = Field(True, description="Log the best model as an MLflow Model (pyfunc, models from code): "
+                                              "mlflow.pyfunc.load_model, mlflow models serve and the registry use it.")
+    register_model: str | None = Field(None, description="Register the logged model under this name in the MLflow "
+                                                         "Model Registry (medseg train --register NAME).")
+    register_alias: str | None = Field("champion", description="Point this alias of the registered model at the new "
+                                                               "version (models:/NAME@champion); null = none.")
+
+    @model_validator(mode="after")
+    def _register_needs_model(self):
+        if self.register_model and not self.log_model:
+            raise ValueError("register_model needs log_model: true (the registry holds the logged MLflow Model)")
+        return self
 
     @field_validator("run_name")
     @classmethod

@@ -1,12 +1,8 @@
-"""Names used in several places, in a light module (no torch): the norms, and how a free text
-(a label or case name) becomes an MLflow key."""
+"""Names used in several places, in a light module (no torch): how a free text (a label or case
+name) becomes an MLflow key. (The norm names are :data:`medseg.norm_registry.NORMS`.)"""
 from __future__ import annotations
 
 import re
-
-NORMS = ("instance", "group", "layer", "batch", "none")
-"""The normalization layers, in the order tables and plots show them (``medseg.models.norms``
-builds each; the config schema, the CLI help, the sweep and the report read this tuple)."""
 
 _MLFLOW_KEY_REFUSED = re.compile(r"[^A-Za-z0-9_\-. /]")
 
@@ -17,3 +13,18 @@ def mlflow_key(text: str, *, allow_slash: bool = True) -> str:
     replaced too: for one component of a ``a/b/c`` key, such as a label name."""
     key = _MLFLOW_KEY_REFUSED.sub("_", str(text))
     return key if allow_slash else key.replace("/", "_")
+
+
+# MLflow metric keys of a training run (each epoch's row, then the run's summary)
+EPOCH = "epoch"  # a history row's epoch: the metrics' step, not a metric itself
+TRAIN_LOSS = "train_loss"
+LEARNING_RATE = "learning_rate"
+SECONDS_PER_ITERATION = "seconds_per_iteration"
+PATCHES_PER_SECOND = "patches_per_second"
+PEAK_MEMORY_MB = "peak_memory_mb"
+VAL_DICE_MEAN = "val_dice_mean"  # mean over foreground labels of the epoch's validation Dice
+BEST_DICE_MEAN = "best_val_dice_mean"  # the same for the best epoch's model, validated again at the end
+FINAL_DICE_MEAN = "final_val_dice_mean"  # the final model's (the normalizer study compares these)
+FINAL_CASE_DICE = "final_case_dice"  # final_case_dice/<case id>/<label name>
+BATCH_DEPENDENCE_TRAIN = "final_batch_dependence_train"
+BATCH_DEPENDENCE_EVAL = "final_batch_dependence_eval"

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from medseg.config import PreprocessConfig, SamplingConfig
 from medseg.data.fingerprint import default_patch_size, network_divisor
 from medseg.errors import ConfigError, DataError
 
@@ -112,8 +113,12 @@ def check_resampled_size(shape, spacing, target_spacing, where) -> None:
                         "a spacing closer to this image's", where)
 
 
-def make_plan(fingerprint: dict, *, target_spacing=None, patch_size=None, strides, image_interpolation="linear",
-              crop_foreground=False, max_patch_voxels=128**3) -> Plan:
+_PRE, _SAMPLING = PreprocessConfig(), SamplingConfig()  # defaults: the config schema's, written once there
+
+
+def make_plan(fingerprint: dict, *, target_spacing=None, patch_size=None, strides,
+              image_interpolation=_PRE.image_interpolation, crop_foreground=_PRE.crop_foreground,
+              max_patch_voxels=_SAMPLING.max_patch_voxels) -> Plan:
     """Resolve the plan from a fingerprint (see :mod:`medseg.data.fingerprint`) and explicit settings.
 
     ``target_spacing`` defaults to the median spacing; ``patch_size`` to the median shape at that

@@ -9,19 +9,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from medseg.keys import EPOCH, TRAIN_LOSS, VAL_DICE_MEAN  # noqa: E402
+
 
 def learning_curve(history: list[dict], path: str | Path, labels: dict[int, str]) -> Path:
     """Train loss and validation Dice (per class and mean) against epoch."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    ep = [h["epoch"] for h in history]
-    a.plot(ep, [h["train_loss"] for h in history], label="train loss (Dice+CE)")
+    ep = [h[EPOCH] for h in history]
+    a.plot(ep, [h[TRAIN_LOSS] for h in history], label="train loss (Dice+CE)")
     a.set_xlabel("epoch"), a.set_ylabel("loss"), a.legend(), a.grid(alpha=0.3)
-    val = [h for h in history if "val_dice_mean" in h]
+    val = [h for h in history if VAL_DICE_MEAN in h]
     for k, name in labels.items():
         if k and val:
-            b.plot([h["epoch"] for h in val], [h.get(f"val_dice_{name}") for h in val], label=name)
+            b.plot([h[EPOCH] for h in val], [h.get(f"val_dice_{name}") for h in val], label=name)
     if val:
-        b.plot([h["epoch"] for h in val], [h["val_dice_mean"] for h in val], "k--", label="mean")
+        b.plot([h[EPOCH] for h in val], [h[VAL_DICE_MEAN] for h in val], "k--", label="mean")
     b.set_xlabel("epoch"), b.set_ylabel("validation Dice"), b.set_ylim(0, 1), b.legend(), b.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

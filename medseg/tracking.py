@@ -10,9 +10,11 @@ import math
 import os
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
+import mlflow.exceptions
 from mlflow.entities import Metric, Param, RunTag
 
 from medseg import __version__
@@ -38,6 +40,86 @@ def existing_store(uri: str | None = None) -> str:
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise MedsegError("no MLflow store here yet (train or sweep first, or pass --tracking-uri)", uri)
     return uri
+
+
+@contextmanager
+def fluent_store(uri: str):
+    """Within the block, MLflow's fluent API (``mlflow.*``) uses the store ``uri``; afterwards the
+    process's previous setting and ``$MLFLOW_TRACKING_URI`` (which ``mlflow.set_tracking_uri``
+    overwrites) are restored, so a script's later runs go where they went before."""
+    from mlflow.tracking._tracking_service import utils  # the fluent API's process-wide setting
+    saved, saved_env = getattr(utils, "_tracking_uri", None), os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved)
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
+
+
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+"""The tag MLflow 3 reads to show an experiment as model training (runs, metrics, models) rather
+than GenAI (traces); set on every experiment medseg creates."""
+
+
+def runs_page_urls(tracking_uri: str, base_url: str) -> list[tuple[str, str]]:
+    """``(experiment name, URL of its runs table)`` for every experiment of the store that holds
+    runs, most recently created first. The URL opens the runs table in MLflow's model-training
+    view (``workflowType=machine_learning``; MLflow 3.x otherwise opens a GenAI overview)."""
+    client = Tracker.client_for(tracking_uri)
+    pages = []
+    for exp in sorted(client.search_experiments(), key=lambda e: -(e.creation_time or 0)):
+        if client.search_runs([exp.experiment_id], max_results=1):
+            pages.append((exp.name, f"{base_url}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"))
+    return pages
+
+
+def model_requirements() -> list[str]:
+    """The pip requirements of a logged medseg model: medseg's dependencies at their installed
+    versions (medseg itself must be installed where the model is served)."""
+    from importlib.metadata import PackageNotFoundError, version
+    pins = []
+    for package in ("torch", "monai", "nibabel", "SimpleITK", "numpy", "mlflow", "pydantic", "scipy"):
+        try:
+            pins.append(f"{package}=={version(package).split('+')[0]}")
+        except PackageNotFoundError:
+            continue
+    return pins
+
+
+def resolve_model_uri(model: str, tracking_uri: str | None = None) -> Path:
+    """A local model directory for ``model``: a folder as given, or one downloaded from an MLflow
+    model URI (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``models:/m-ID`` or
+    ``runs:/RUN_ID/medseg_model``) of a model logged by medseg (its ``model_dir`` artifact), into
+    a temporary folder removed when the process exits.
+
+    Raises:
+        MedsegError: the URI names no model the store knows, or one without a medseg model directory.
+    """
+    if not model.startswith(("models:/", "runs:/")):
+        return Path(model)
+    import atexit
+    import shutil
+    import tempfile
+
+    from medseg.models.directory import META_FILE
+    uri = existing_store(tracking_uri)
+    dst = Path(tempfile.mkdtemp(prefix="medseg-model-"))
+    atexit.register(shutil.rmtree, dst, True)
+    try:
+        with fluent_store(uri):  # models:/ URIs are resolved through the fluent API's store
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=str(dst), tracking_uri=uri,
+                                                             registry_uri=uri))
+    except Exception as e:
+        raise MedsegError(f"no such model in the MLflow store {uri} ({type(e).__name__}: {str(e)[:200]})",
+                          model) from None
+    found = [p.parent for p in local.rglob(META_FILE)]  # the model_dir artifact (named after its source folder)
+    if len(found) != 1:
+        raise MedsegError("this MLflow model has no medseg model directory (it was not logged by medseg)", model)
+    return found[0]
 
 
 def git_commit() -> str:
@@ -87,7 +169,7 @@ class Tracker:
         self.client = self.client_for(tracking_uri)
         try:
             exp = self.client.get_experiment_by_name(experiment)
-            exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+            exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment, tags=EXPERIMENT_KIND)
             all_tags = {**tags, "medseg_version": __version__, "git_commit": git_commit()}
             self.run = self.client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in all_tags.items()})
         except Exception as e:  # connection errors, permission errors, bad URIs
@@ -99,8 +181,8 @@ class Tracker:
 
     @staticmethod
     def client_for(tracking_uri: str) -> mlflow.MlflowClient:
-        """An MlflowClient for ``tracking_uri``."""
-        return mlflow.MlflowClient(tracking_uri=tracking_uri)
+        """An MlflowClient for ``tracking_uri``, which is also its Model Registry."""
+        return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)  # one store for both
 
     @classmethod
     def attach(cls, tracking_uri: str, run_id: str) -> "Tracker":
@@ -175,6 +257,52 @@ class Tracker:
         self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s, resume_logging=resume,
                                              tracking_uri=self.uri)
         self._monitor.start()
+
+    def log_model(self, model_dir: str | Path, in_channels: int) -> str:
+        """Log a model directory as this run's MLflow Model (pyfunc flavor, "models from code"; see
+        :mod:`medseg.inference.pyfunc`) named ``medseg_model``, with its signature, an input example
+        and pinned requirements. The input example is checked by MLflow, which loads the model and
+        predicts it once (a few seconds).
+
+        Returns:
+            the logged model's URI (``models:/m-...``); ``runs:/<run id>/medseg_model`` loads it too.
+        """
+        import mlflow.pyfunc
+
+        from medseg.inference import pyfunc
+        # the logged model belongs to the run's experiment (Model.log alone would use the active one)
+        logged = self.client.create_logged_model(self.experiment_id, name=pyfunc.LOGGED_MODEL_NAME,
+                                                 source_run_id=self.run_id, model_type="segmentation")
+        with fluent_store(self.uri):  # Model.log writes through the fluent API's store
+            info = mlflow.models.Model.log(
+                None, mlflow.pyfunc, name=pyfunc.LOGGED_MODEL_NAME, run_id=self.run_id, model_id=logged.model_id,
+                python_model=str(pyfunc.CODE_FILE), artifacts={pyfunc.MODEL_DIR_ARTIFACT: str(model_dir)},
+                signature=pyfunc.signature(in_channels), input_example=pyfunc.input_example(in_channels),
+                pip_requirements=model_requirements())
+        return info.model_uri
+
+    def register_model(self, model_uri: str, name: str, alias: str | None) -> str:
+        """Register ``model_uri`` in the Model Registry as a new version of ``name`` (created if
+        missing) and point ``alias`` (e.g. ``champion``) at it.
+
+        Returns:
+            the version's URI, ``models:/NAME/VERSION``.
+
+        Raises:
+            MedsegError: the store refuses (for example a file store, which has no registry).
+        """
+        try:
+            with fluent_store(self.uri):  # MLflow resolves the models:/ source through the fluent API's store
+                try:
+                    self.client.get_registered_model(name)
+                except mlflow.exceptions.MlflowException:
+                    self.client.create_registered_model(name)
+                version = self.client.create_model_version(name, model_uri, run_id=self.run_id)
+                if alias:
+                    self.client.set_registered_model_alias(name, alias, version.version)
+        except mlflow.exceptions.MlflowException as e:
+            raise MedsegError(f"cannot register the model as {name!r} ({str(e)[:300]})", self.uri) from None
+        return f"models:/{name}/{version.version}"
 
     def end(self, status: str = "FINISHED") -> None:
         """Stop the system metrics (if started) and mark the run ``FINISHED``, ``FAILED`` or ``KILLED``."""

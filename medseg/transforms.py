@@ -19,7 +19,10 @@ import warnings
 import numpy as np
 from monai import transforms as T
 
+from medseg.config import AugmentConfig, SamplingConfig
 from medseg.plan import Plan
+
+_AUG, _SAMPLING = AugmentConfig(), SamplingConfig()  # defaults: the config schema's, written once there
 
 INDICES_KEY = "label_cls_indices"
 CROP_STEPS = 2  # the leading steps of patch_sampling_and_augmentation that crop; the rest augment
@@ -87,10 +90,13 @@ def class_ratios(num_classes: int, foreground_oversampling: float) -> list[float
     return [1.0 - foreground_oversampling] + [foreground_oversampling / fg] * fg
 
 
-def patch_sampling_and_augmentation(plan: Plan, *, foreground_oversampling: float = 0.33, flip: bool = True,
-                                    rotate_scale: bool = True, rotation_degrees: float = 15.0,
-                                    scale_range: float = 0.1, gamma: bool = True, noise: bool = True,
-                                    brightness_contrast: bool = True, probability: float = 0.2) -> T.Compose:
+def patch_sampling_and_augmentation(plan: Plan, *,
+                                    foreground_oversampling: float = _SAMPLING.foreground_oversampling,
+                                    flip: bool = _AUG.flip, rotate_scale: bool = _AUG.rotate_scale,
+                                    rotation_degrees: float = _AUG.rotation_degrees,
+                                    scale_range: float = _AUG.scale_range, gamma: bool = _AUG.gamma,
+                                    noise: bool = _AUG.noise, brightness_contrast: bool = _AUG.brightness_contrast,
+                                    probability: float = _AUG.probability) -> T.Compose:
     """Random patch crop (MONAI RandCropByLabelClassesd, classes balanced) then augmentation.
 
     Output per sample: ``image`` (C, *patch_size) float32 and ``label`` (1, *patch_size).

@@ -48,6 +48,7 @@ def shared(name: str) -> Path:
 
 
 EPOCHS = 2
+REGISTERED = "test-hippocampus"  # the trained model's name in the Model Registry
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +63,8 @@ def trained(tmp_path_factory):
         "--tracking-uri", uri, "--experiment", "test-exp", "--quiet",
         "--set", f"output_dir={work / 'runs'}", "--set", f"data.cache_dir={work / 'cache'}",
         "--set", f"train.epochs={EPOCHS}", "--set", "train.iterations_per_epoch=3",
-        "--set", "validation.every_n_epochs=1", "--set", "tracking.system_metrics_interval=0.5"])
+        "--set", "validation.every_n_epochs=1", "--set", "tracking.system_metrics_interval=0.5",
+        "--register", REGISTERED, "--alias", "champion"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     (run_dir,) = list((work / "runs").iterdir())
     client = MlflowClient(tracking_uri=uri)

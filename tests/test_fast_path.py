@@ -9,12 +9,12 @@ from medseg import transforms as mt
 from medseg.config import load_config
 from medseg.data import compute_fingerprint, read_dataset
 from medseg.errors import ConfigError
-from medseg.inference.sliding_window import autocast, effective_amp, native_cpu_bf16
+from medseg.precision import autocast, effective_amp, native_cpu_bf16
 from medseg.models import NetworkSpec, build_unet
 from medseg.plan import make_plan
 from medseg.training.loop import dice_ce_loss, train_epoch
 from medseg.training.optim import build_optimizer, build_scheduler
-from medseg.training.sampling import DeviceAugmentation, EpochPatchStream
+from medseg.training.patch_stream import DeviceAugmentation, EpochPatchStream
 from tests.conftest import ROOT, SAMPLE
 
 

@@ -4,6 +4,7 @@ from monai.losses import DiceCELoss
 
 from medseg.errors import ConfigError
 from medseg.models import NORMS, NetworkSpec, build_unet
+from medseg.norm_registry import REGISTRY
 from medseg.models.norms import batch_statistics
 from medseg.training.loop import deep_supervision_loss
 
@@ -38,12 +39,17 @@ def test_batch_norm_in_training_mode_depends_on_the_batch():
 @pytest.mark.parametrize("norm", NORMS)
 def test_each_norm_builds_and_trains_a_step(norm):
     net = _net(norm).train()
-    kinds = {"instance": torch.nn.InstanceNorm3d, "batch": torch.nn.BatchNorm3d,
-             "group": torch.nn.GroupNorm, "layer": torch.nn.GroupNorm}
-    if norm == "none":
-        assert not any(isinstance(m, tuple(kinds.values())) for m in net.modules())
-    else:
-        assert any(isinstance(m, kinds[norm]) for m in net.modules())
+    entry = REGISTRY[norm]
+    kinds = {"instance": torch.nn.InstanceNorm3d, "batch": torch.nn.BatchNorm3d, "group": torch.nn.GroupNorm}
+    layers = [m for m in net.modules() if isinstance(m, tuple(kinds.values()))]
+    if entry.identity:
+        assert not layers
+    else:  # every norm layer is the registry's kind, with its options (eps, affine, running statistics)
+        assert layers and all(isinstance(m, kinds[entry.monai_name]) for m in layers)
+        for key, value in entry.options.items():
+            assert all(getattr(m, key) == value for m in layers), key
+        assert all(m.training and (m.track_running_stats if isinstance(m, torch.nn.BatchNorm3d) else True)
+                   for m in layers) and entry.batch_statistics == isinstance(layers[0], torch.nn.BatchNorm3d)
     opt = torch.optim.SGD(net.parameters(), lr=0.05)
     x = torch.randn(2, 1, 16, 16, 16)
     y = (x > 0.5).long() + (x > 1.2).long()
@@ -54,8 +60,8 @@ def test_each_norm_builds_and_trains_a_step(norm):
     opt.step()
     assert torch.isfinite(loss)
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
-    if norm == "layer":
-        assert all(m.num_groups == 1 for m in net.modules() if isinstance(m, torch.nn.GroupNorm))
+    if entry.groups is not None:
+        assert all(m.num_groups == entry.groups for m in layers)
 
 
 def test_group_norm_checks_every_channel_count():

@@ -63,7 +63,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(kill_at, reference, tmp_p
     uri = f"sqlite:///{tmp_path / 'store.db'}"
     proc, last = _start_until_first_checkpoint(tmp_path, uri)
     if kill_at == "second epoch":
-        from medseg.training.checkpoint import load_checkpoint
+        from medseg.checkpoint import load_checkpoint
         while True:
             try:
                 if load_checkpoint(last)["next_epoch"] >= 1:
@@ -105,14 +105,14 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
     """A process killed in the middle of save_checkpoint leaves the previous complete checkpoint."""
     import torch
 
-    from medseg.training.checkpoint import load_checkpoint, save_checkpoint
+    from medseg.checkpoint import load_checkpoint, save_checkpoint
 
     path = tmp_path / "last.pt"
     save_checkpoint({"next_epoch": 1, "w": torch.arange(10)}, path)
     script = f"""
 import sys, time, torch
 sys.path.insert(0, {str(ROOT)!r})
-import medseg.training.checkpoint as c
+import medseg.checkpoint as c
 real_save = torch.save
 def slow_save(obj, f):
     real_save(obj, f)

@@ -9,7 +9,7 @@ from medseg.errors import ModelError
 from medseg.models import NetworkSpec, build_unet
 from medseg.models.directory import load_model_dir, save_model_dir
 from medseg.plan import Plan
-from medseg.training.checkpoint import load_checkpoint
+from medseg.checkpoint import load_checkpoint
 
 
 class Payload:

@@ -22,8 +22,9 @@ from medseg.study.statistics import compare
 from medseg.study.sweep import child_environment
 from medseg.tracking import Tracker
 from medseg.training import distributed as dist
-from medseg.training.sampling import EpochPatchStream
-from medseg.training.validation import FINAL_DICE_MEAN, case_dice_key
+from medseg.training.patch_stream import EpochPatchStream
+from medseg.keys import FINAL_DICE_MEAN
+from medseg.training.validation import case_dice_key
 from tests.conftest import SAMPLE
 
 

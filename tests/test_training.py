@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from medseg.cli import app
 from medseg.inference.predictor import Predictor, label_image
-from medseg.inference.sliding_window import effective_amp
+from medseg.precision import effective_amp
 from medseg.models.directory import load_model_dir
 from tests.conftest import EPOCHS, ROOT, SAMPLE
 
@@ -21,6 +21,8 @@ def test_cli_prints_dice_per_class(trained):
 def test_mlflow_params_tags_metrics(trained):
     run, client = trained["run"], trained["client"]
     assert run.info.status == "FINISHED"
+    # medseg's experiments open in MLflow's model-training view, not the GenAI one
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     p = run.data.params
     assert p["model.norm"] == "instance" and p["train.batch_size"] == "2" and p["data.fold"] == "1"
     assert p["plan.patch_size"] == "[40, 56, 40]" and "plan.target_spacing" in p and "train.lr" in p

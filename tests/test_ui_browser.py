@@ -5,6 +5,7 @@ tagged with norm, batch_size and seed). ``make test`` installs Chromium (apt) wh
 """
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -44,9 +45,11 @@ def ui_server(tmp_path):
     parent.end()
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "medseg", "ui", "--tracking-uri", uri, "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
     try:
+        said = [proc.stdout.readline().decode(), proc.stdout.readline().decode()]  # printed before the server starts
+        (landing,) = [line.split(": ", 1)[1].strip() for line in said if line.strip().startswith("ui-test: ")]
         for _ in range(120):
             try:
                 urllib.request.urlopen(url + "/health", timeout=2)
@@ -56,7 +59,7 @@ def ui_server(tmp_path):
                 time.sleep(0.5)
         else:
             pytest.fail("medseg ui did not answer within 60 s")
-        yield {"url": url, "experiment_id": parent.experiment_id, "dice": dice}
+        yield {"url": url, "experiment_id": parent.experiment_id, "dice": dice, "landing": landing}
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -73,8 +76,11 @@ def test_the_dashboard_lists_the_sweep_runs_with_norm_and_dice(ui_server, tmp_pa
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:
             page = browser.new_page(viewport={"width": 2600, "height": 900})
-            page.goto(f"{ui_server['url']}/#/experiments/{ui_server['experiment_id']}/runs")
+            # the page `medseg ui` prints is the one a user lands on: it lists the runs, no click needed
+            assert ui_server["landing"].startswith(f"{ui_server['url']}/#/experiments/{ui_server['experiment_id']}/runs")
+            page.goto(ui_server["landing"])
             page.get_by_text("sweep_s1").wait_for(timeout=60_000)
+            page.screenshot(path=str(tmp_path / "landing.png"))
             page.locator("[role=row] button").nth(1).click()  # expand the parent: its child runs
             for name in ui_server["dice"]:
                 page.get_by_text(name).wait_for(timeout=20_000)

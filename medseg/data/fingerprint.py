@@ -185,7 +185,7 @@ def network_divisor(strides: list) -> tuple[int, int, int]:
     return tuple(div)
 
 
-def default_patch_size(fp: dict, target_spacing, divisor, max_voxels: int = 128**3) -> tuple[int, int, int]:
+def default_patch_size(fp: dict, target_spacing, divisor, max_voxels: int) -> tuple[int, int, int]:
     """The median volume shape at ``target_spacing`` (mm), rounded up to a multiple of ``divisor``
     per axis, then shrunk along its largest axis until it holds at most ``max_voxels`` voxels."""
     med_shape = np.asarray(fp["median_shape"], float)

@@ -49,11 +49,11 @@ def sliding_window_settings(model: LoadedModel, overlap: float | None = None,
     (``sliding_window``, the training run's validation settings), else the config schema's defaults."""
     from medseg.config import ValidationConfig
     stored = model.meta.get("sliding_window") if isinstance(model.meta.get("sliding_window"), dict) else {}
-    fields = ValidationConfig.model_fields
+    default = ValidationConfig()
     if overlap is None:
-        overlap = float(stored.get("overlap", fields["overlap"].default))
+        overlap = float(stored.get("overlap", default.overlap))
     if sw_batch_size is None:
-        sw_batch_size = int(stored.get("sw_batch_size", fields["sw_batch_size"].default))
+        sw_batch_size = int(stored.get("sw_batch_size", default.sw_batch_size))
     return overlap, sw_batch_size
 
 

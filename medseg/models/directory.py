@@ -27,7 +27,7 @@ from medseg.data.dataset import file_sha256
 from medseg.errors import MedsegError, ModelError
 from medseg.models.unet import NetworkSpec, build_unet
 from medseg.plan import Plan
-from medseg.training.checkpoint import load_checkpoint
+from medseg.checkpoint import load_checkpoint
 
 FORMAT_VERSION = 1
 META_FILE = "medseg_model.json"

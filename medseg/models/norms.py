@@ -1,11 +1,12 @@
-"""The normalization registry: the name in the config -> a MONAI norm spec for DynUNet.
+"""Normalization layers: a registry entry (:mod:`medseg.norm_registry`) -> a MONAI norm spec for
+DynUNet, and measurements of how a trained network's norms behave (batch statistics vs running
+averages, dependence of an example's output on its batch).
 
 * ``instance`` (default): per example and channel over (D, H, W); affine, eps 1e-5, no running
   statistics (Ulyanov et al. 2016), so training and inference compute the same function and an
   example's output does not depend on its batch.
 * ``group``: channels split into ``num_groups`` groups, statistics per example and group
-  (Wu & He, ECCV 2018).
-* ``layer``: group norm with one group (Ba et al. 2016).
+  (Wu & He, ECCV 2018). ``layer``: group norm with one group (Ba et al. 2016).
 * ``batch``: statistics over (N, D, H, W) with running averages for inference (Ioffe & Szegedy 2015);
   SyncBatchNorm under DDP.
 * ``none``: no normalization (identity), a baseline for the normalizer study.
@@ -17,9 +18,7 @@ from contextlib import contextmanager
 import torch
 
 from medseg.errors import ConfigError
-from medseg.keys import NORMS
-
-EPS = 1e-5
+from medseg.norm_registry import NORMS, REGISTRY
 
 
 def norm_spec(name: str, channels: list[int], num_groups: int = 8) -> tuple[str, dict]:
@@ -33,19 +32,19 @@ def norm_spec(name: str, channels: list[int], num_groups: int = 8) -> tuple[str,
     Raises:
         ConfigError: unknown name, or a channel count not divisible by ``num_groups``.
     """
-    if name in ("instance", "none"):  # "none": built as instance norm, then replaced by identities (unet.py)
-        return ("instance", {"affine": True, "eps": EPS, "track_running_stats": False})
-    if name == "batch":
-        return ("batch", {"affine": True, "eps": EPS, "momentum": 0.1})
-    if name in ("group", "layer"):
-        groups = 1 if name == "layer" else num_groups
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown norm {name!r}; choose one of {', '.join(NORMS)}", "model.norm")
+    norm = REGISTRY[name]
+    options = dict(norm.options)
+    if norm.monai_name == "group":
+        groups = norm.groups or num_groups
         bad = sorted({c for c in channels if c % groups})
         if bad:
-            raise ConfigError(f"norm=group with num_groups={groups} needs every normalized layer's channel count to be "
+            raise ConfigError(f"norm={name} with {groups} groups needs every normalized layer's channel count to be "
                               f"divisible by {groups}; these are not: {bad} (filters {channels}). Choose num_groups "
                               f"dividing all of them, or change model.filters.", "model.num_groups")
-        return ("group", {"num_groups": groups, "eps": EPS, "affine": True})
-    raise ConfigError(f"unknown norm {name!r}; choose one of {', '.join(NORMS)}", "model.norm")
+        options["num_groups"] = groups
+    return (norm.monai_name, options)
 
 
 @contextmanager

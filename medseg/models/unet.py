@@ -6,12 +6,18 @@ from dataclasses import asdict, dataclass, field
 import torch
 from monai.networks.nets import DynUNet
 
+from medseg.config import ModelConfig
 from medseg.models.norms import norm_spec
+from medseg.norm_registry import REGISTRY
+
+_DEFAULT = ModelConfig()  # the defaults are the config schema's, written once there
 
 
 @dataclass(frozen=True)
 class NetworkSpec:
     """Everything needed to rebuild the network (saved in the model directory).
+
+    Defaults are those of the ``model`` config section (:class:`medseg.config.ModelConfig`).
 
     Attributes:
         in_channels: image channels (modalities).
@@ -27,13 +33,23 @@ class NetworkSpec:
 
     in_channels: int
     out_channels: int
-    filters: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
-    strides: list = field(default_factory=lambda: [1, 2, 2, 2])
-    kernel_size: int = 3
-    norm: str = "instance"
-    num_groups: int = 8
-    deep_supervision: bool = False
-    res_block: bool = False
+    filters: list[int] = field(default_factory=lambda: list(_DEFAULT.filters))
+    strides: list = field(default_factory=lambda: list(_DEFAULT.strides))
+    kernel_size: int = _DEFAULT.kernel_size
+    norm: str = _DEFAULT.norm
+    num_groups: int = _DEFAULT.num_groups
+    deep_supervision: bool = _DEFAULT.deep_supervision
+    res_block: bool = _DEFAULT.res_block
+
+    @classmethod
+    def from_config(cls, model: ModelConfig, in_channels: int, out_channels: int,
+                    norm: str | None = None) -> NetworkSpec:
+        """The network the ``model`` config section describes, for ``in_channels`` modalities and
+        ``out_channels`` classes (background included); ``norm`` overrides the section's norm."""
+        return cls(in_channels=in_channels, out_channels=out_channels, filters=list(model.filters),
+                   strides=[list(s) if isinstance(s, tuple) else s for s in model.strides],
+                   kernel_size=model.kernel_size, norm=norm or model.norm, num_groups=model.num_groups,
+                   deep_supervision=model.deep_supervision, res_block=model.res_block)
 
     @property
     def deep_supr_num(self) -> int:
@@ -72,15 +88,19 @@ def build_unet(spec: NetworkSpec, seed: int | None = None) -> torch.nn.Module:
         norm_name=norm, deep_supervision=spec.deep_supervision, deep_supr_num=spec.deep_supr_num,
         res_block=spec.res_block,
     )
-    if spec.norm == "none":
+    if REGISTRY[spec.norm].identity:
         _remove_norms(net)
     return net
 
 
+_NORM_LAYERS = (torch.nn.modules.instancenorm._InstanceNorm, torch.nn.modules.batchnorm._BatchNorm,
+                torch.nn.GroupNorm)
+
+
 def _remove_norms(net: torch.nn.Module) -> None:
-    """Replace every normalization layer by an identity (norm ``none``)."""
+    """Replace every normalization layer by an identity (a registry norm with ``identity``)."""
     for name, child in list(net.named_children()):
-        if isinstance(child, torch.nn.modules.instancenorm._InstanceNorm):
+        if isinstance(child, _NORM_LAYERS):
             setattr(net, name, torch.nn.Identity())
         else:
             _remove_norms(child)

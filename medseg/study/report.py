@@ -32,12 +32,13 @@ import numpy as np
 
 from medseg.atomic import atomic_write_text, write_csv
 from medseg.errors import MedsegError
-from medseg.models.norms import NORMS
+from medseg.keys import (BATCH_DEPENDENCE_EVAL, BATCH_DEPENDENCE_TRAIN, BEST_DICE_MEAN, FINAL_CASE_DICE,
+                         FINAL_DICE_MEAN, PATCHES_PER_SECOND, PEAK_MEMORY_MB, SECONDS_PER_ITERATION, TRAIN_LOSS,
+                         VAL_DICE_MEAN)
+from medseg.norm_registry import NORMS
 from medseg.study.rules import PLATEAU_DELTA
 from medseg.study.statistics import Comparison, case_dice, mean_ci, pairwise_table
 from medseg.tracking import Tracker
-from medseg.training.validation import (BATCH_DEPENDENCE_EVAL, BATCH_DEPENDENCE_TRAIN, FINAL_CASE_DICE,
-                                        FINAL_DICE_MEAN, VAL_DICE_MEAN)
 
 SUMMARY_METRICS = ("final_dice_mean", "best_dice_mean", "hd95_mean", "seconds_per_iteration", "patches_per_second",
                    "peak_memory_mb", "final_train_loss", "bn_batch_stats_gap", "batch_dependence_train",
@@ -96,20 +97,20 @@ def collect_runs(client, experiment_id: str, sweep_id: str, plateau_delta: float
             continue
         p, m, run_id = r.data.params, r.data.metrics, r.info.run_id
         bs, ipe = int(p["train.batch_size"]), int(p["train.iterations_per_epoch"])
-        epochs = _history(client, run_id, "seconds_per_iteration")
-        loss = _history(client, run_id, "train_loss")
+        epochs = _history(client, run_id, SECONDS_PER_ITERATION)
+        loss = _history(client, run_id, TRAIN_LOSS)
         curve = [((s + 1) * ipe * bs, v) for s, v in _history(client, run_id, VAL_DICE_MEAN)]
         gain, converged = plateau(curve, plateau_delta)
         cases = per_case_dice(m)
         row = {"run_id": run_id, "norm": p["model.norm"], "batch_size": bs, "seed": int(p["seed"]),
                "iterations": ipe * int(p["train.epochs"]), "samples": ipe * int(p["train.epochs"]) * bs,
                "lr": float(p["train.lr"]), "final_dice_mean": m.get(FINAL_DICE_MEAN, math.nan),
-               "best_dice_mean": m.get("best_val_dice_mean", math.nan), "last_gain": gain, "converged": converged,
+               "best_dice_mean": m.get(BEST_DICE_MEAN, math.nan), "last_gain": gain, "converged": converged,
                "hd95_mean": m.get("best_val_hd95_mean", math.nan),
                "seconds_per_iteration": float(np.mean([v for _, v in epochs])) if epochs else math.nan,
                "patches_per_second": float(np.mean([v for _, v in
-                                                    _history(client, run_id, "patches_per_second")] or [math.nan])),
-               "peak_memory_mb": max([v for _, v in _history(client, run_id, "peak_memory_mb")] or [math.nan]),
+                                                    _history(client, run_id, PATCHES_PER_SECOND)] or [math.nan])),
+               "peak_memory_mb": max([v for _, v in _history(client, run_id, PEAK_MEMORY_MB)] or [math.nan]),
                "final_train_loss": loss[-1][1] if loss else math.nan,
                "bn_batch_stats_gap": m.get("best_bn_batch_stats_gap", math.nan),
                "batch_dependence_train": m.get(BATCH_DEPENDENCE_TRAIN, math.nan),

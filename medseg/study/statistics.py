@@ -1,7 +1,7 @@
 """Paired comparisons of normalizers from per-case validation Dice (scipy.stats, statsmodels).
 
 Two children of a sweep with the same seed and batch size but different norms saw the same
-training patches in the same order from the same initial weights (see medseg/training/sampling.py),
+training patches in the same order from the same initial weights (see medseg/training/patch_stream.py),
 and were validated on the same cases. For norms A and B at one batch size:
 
 * per (case, seed): d = Dice_A - Dice_B (Dice: mean over the foreground labels of the case);

@@ -36,6 +36,7 @@ from typing import Literal
 
 from medseg.config import Config, config_to_yaml, flatten
 from medseg.errors import ConfigError, Interrupted, MedsegError
+from medseg.signals import stop_on_signals
 from medseg.tracking import Tracker, resolve_tracking_uri
 
 BudgetKind = Literal["samples", "iterations", "minutes"]
@@ -85,7 +86,7 @@ class SweepSpec:
     evaluations: int = 5
 
     def __post_init__(self):
-        from medseg.models.norms import NORMS
+        from medseg.norm_registry import NORMS
         bad = [n for n in self.norms if n not in NORMS]
         if bad or not self.norms:
             raise ConfigError(f"unknown norm(s) {bad}; choose from {', '.join(NORMS)}", "--norms")
@@ -201,15 +202,14 @@ def _parent(base: Config, spec: SweepSpec, sweep_id: str, uri: str, log: Log) ->
 
 def _measure_seconds_per_iteration(base: Config, child: Child, in_channels: int, num_classes: int,
                                    cache: dict) -> float:
-    from medseg.models import build_unet
-    from medseg.training.run import network_spec
+    from medseg.models import NetworkSpec, build_unet
     from medseg.training.timing import time_training_step
 
     key = (child.norm, child.batch_size)
     if key not in cache:
         if base.sampling.patch_size is None:
             raise ConfigError("a minutes budget needs sampling.patch_size in the config", "sampling.patch_size")
-        net = build_unet(network_spec(base.model, in_channels, num_classes, norm=child.norm))
+        net = build_unet(NetworkSpec.from_config(base.model, in_channels, num_classes, norm=child.norm))
         cache[key] = time_training_step(net, base.sampling.patch_size, child.batch_size, in_channels, num_classes,
                                         steps=3, warmup=1, amp=base.train.amp,
                                         channels_last=base.train.channels_last, compile=base.train.compile)
@@ -255,21 +255,19 @@ def run_local(tasks: list[Task], jobs: int, log: Log) -> tuple[dict[str, int], s
     Returns:
         (``{key: exit code}`` of the children that ended on their own, the signal's name or None).
     """
-    stop: dict = {"signal": None}
     running: dict[int, tuple[Task, subprocess.Popen, float]] = {}  # slot -> (task, process, start)
     codes: dict[str, int] = {}
 
-    def on_signal(signum, _frame):
-        stop["signal"] = signal.Signals(signum).name
+    def forward(_name: str) -> None:
         for _task, proc, _start in running.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)  # the child checkpoints and exits
 
     pending = list(tasks)
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    interrupted = None
+    with stop_on_signals(forward) as stop:
         while pending or running:
-            while pending and len(running) < max(1, jobs) and not stop["signal"]:
+            while pending and len(running) < max(1, jobs) and not (stop or interrupted):
                 slot = min(set(range(max(1, jobs))) - set(running))
                 task = pending.pop(0)
                 log(task.note)
@@ -283,16 +281,13 @@ def run_local(tasks: list[Task], jobs: int, log: Log) -> tuple[dict[str, int], s
                 if code is None:
                     continue
                 del running[slot]
-                if stop["signal"] or code == 130:
-                    stop["signal"] = stop["signal"] or "SIGINT"
+                if stop or code == 130:
+                    interrupted = stop.signal or interrupted or "SIGINT"
                     continue
                 codes[task.key] = code
                 log(f"{task.key}: {'finished' if code == 0 else f'failed (exit {code})'} in "
                     f"{time.perf_counter() - start:.0f} s")
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-    return codes, stop["signal"]
+    return codes, stop.signal or interrupted
 
 
 EXECUTORS = ("local", "slurm", "submitit-local")

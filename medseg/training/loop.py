@@ -1,4 +1,6 @@
-"""The inner loops: one training epoch, and sliding-window validation on whole volumes."""
+"""The inner training loop: the loss, one optimization step, one epoch over the patch loader.
+
+Axes: (N, C, D, H, W) for a batch of patches (see medseg/training/validation.py for whole volumes)."""
 from __future__ import annotations
 
 import time
@@ -9,8 +11,7 @@ from monai.losses import DiceCELoss
 from monai.utils import convert_to_tensor
 
 from medseg.errors import MedsegError
-from medseg.evaluation import per_class_metrics, summarize
-from medseg.inference.sliding_window import autocast, effective_amp, predict_probabilities
+from medseg.precision import autocast
 from medseg.progress import ProgressFn, silent
 
 
@@ -24,8 +25,8 @@ def dice_ce_loss() -> DiceCELoss:
 
 
 def deep_supervision_loss(loss_fn, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``loss_fn`` on (N, K, X, Y, Z) logits, or the weighted sum over heads of a deep-supervision
-    output (N, H, K, X, Y, Z) with weights 1, 1/2, 1/4... normalized to 1 (nnU-Net's scheme)."""
+    """``loss_fn`` on (N, K, D, H, W) logits, or the weighted sum over heads of a deep-supervision
+    output (N, S, K, D, H, W) (S heads) with weights 1, 1/2, 1/4... normalized to 1 (nnU-Net's scheme)."""
     if output.dim() == target.dim():
         return loss_fn(output, target)
     heads = output.unbind(1)
@@ -33,17 +34,11 @@ def deep_supervision_loss(loss_fn, output: torch.Tensor, target: torch.Tensor) -
     return sum(w * loss_fn(h, target) for w, h in zip(weights, heads)) / sum(weights)
 
 
-def grad_scaler(device: torch.device | str, amp: str) -> torch.amp.GradScaler | None:
-    """The loss scaler fp16 autocast needs (CUDA only; see
-    :func:`~medseg.inference.sliding_window.effective_amp`); ``None`` for bf16 and float32."""
-    return torch.amp.GradScaler("cuda") if effective_amp(device, amp) == "fp16" else None
-
-
 def training_step(network, image: torch.Tensor, label: torch.Tensor, loss_fn, optimizer, *, device: torch.device,
                   amp: str = "none", scaler: torch.amp.GradScaler | None = None,
                   grad_clip: float | None = None) -> torch.Tensor:
     """One optimization step on a batch already on ``device``: forward under autocast (see
-    :func:`~medseg.inference.sliding_window.effective_amp`), Dice+CE in float32 (over the
+    :func:`~medseg.precision.effective_amp`), Dice+CE in float32 (over the
     deep-supervision heads if any), backward (scaled when ``scaler`` is given, for fp16), optional
     gradient-norm clipping, optimizer step.
 
@@ -97,7 +92,7 @@ def train_epoch(network, loader, loss_fn, optimizer, scheduler, *, device: torch
         should_stop: checked after every iteration; True ends the epoch early (``interrupted``).
         after_iteration: called with the epoch's losses so far after every iteration.
         channels_last: feed images in channels_last_3d memory format (the network should be too).
-        device_augment: a :class:`~medseg.training.sampling.DeviceAugmentation` applied to each batch
+        device_augment: a :class:`~medseg.training.patch_stream.DeviceAugmentation` applied to each batch
             on ``device`` (the batch then carries its stream indices under ``"index"``).
 
     Returns:
@@ -135,32 +130,3 @@ def train_epoch(network, loader, loss_fn, optimizer, scheduler, *, device: torch
     return {"train_loss": float(np.mean(losses)) if losses else float("nan"),
             "seconds_per_iteration": seconds / max(1, done), "patches_per_second": patches / max(seconds, 1e-9),
             "iterations": done, "interrupted": interrupted}
-
-
-@torch.no_grad()
-def validate(network, volumes: list[dict], inferer, *, num_classes: int, spacing, amp: str = "none",
-             hd95: bool = False, progress: ProgressFn = silent, keep_first: bool = False, tta: bool = False) -> dict:
-    """Sliding-window prediction of whole preprocessed validation volumes and their metrics.
-
-    Args:
-        volumes: dicts with ``image`` (C, X, Y, Z), ``label`` (1, X, Y, Z) and ``case_id``.
-        spacing: voxel size in mm of the preprocessed grid (for HD95).
-        tta: mirroring test-time augmentation (8 flips).
-
-    Returns:
-        ``{"per_class": {label: {"dice", "hd95"}}, "cases": [{case_id, label: {...}}],
-        "first": (image, reference, prediction) numpy arrays of the first case if keep_first}``.
-    """
-    network.eval()
-    rows, cases, first = [], [], None
-    for vol in progress(volumes, "validate", len(volumes)):
-        image = torch.as_tensor(vol["image"])[None].float()
-        prob = predict_probabilities(network, image, inferer, amp=amp, tta=tta)
-        pred = prob.argmax(1)[0].cpu().numpy()
-        ref = np.asarray(torch.as_tensor(vol["label"])[0]).astype(np.int64)
-        m = per_class_metrics(pred, ref, num_classes, spacing=spacing, hd95=hd95)
-        rows.append(m)
-        cases.append({"case_id": vol.get("case_id", ""), **m})
-        if keep_first and first is None:
-            first = (np.asarray(torch.as_tensor(vol["image"])[0]), ref, pred)
-    return {"per_class": summarize(rows), "cases": cases, "first": first}

@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import torch
 
+from medseg.config import TrainConfig
 
-def build_optimizer(params, name: str, lr: float, momentum: float = 0.99, weight_decay: float = 3e-5) -> torch.optim.Optimizer:
+_TRAIN = TrainConfig()  # defaults: the config schema's, written once there
+
+
+def build_optimizer(params, name: str, lr: float, momentum: float = _TRAIN.momentum,
+                    weight_decay: float = _TRAIN.weight_decay) -> torch.optim.Optimizer:
     """SGD with Nesterov momentum (nnU-Net's default) or AdamW (Loshchilov & Hutter 2019).
 
     Raises:
@@ -17,7 +22,8 @@ def build_optimizer(params, name: str, lr: float, momentum: float = 0.99, weight
     raise ValueError(f"unknown optimizer {name!r}")
 
 
-def poly_lr_factor(iteration: int, total_iterations: int, warmup_iterations: int = 0, exponent: float = 0.9) -> float:
+def poly_lr_factor(iteration: int, total_iterations: int, warmup_iterations: int = 0,
+                   exponent: float = _TRAIN.poly_exponent) -> float:
     """The multiplier of the base learning rate at ``iteration`` (0-based).
 
     Linear warm-up from 1/warmup to 1 over ``warmup_iterations``, then the poly decay
@@ -30,7 +36,8 @@ def poly_lr_factor(iteration: int, total_iterations: int, warmup_iterations: int
     return max(0.0, 1.0 - done / span) ** exponent
 
 
-def build_scheduler(optimizer, total_iterations: int, warmup_iterations: int = 0, exponent: float = 0.9):
+def build_scheduler(optimizer, total_iterations: int, warmup_iterations: int = 0,
+                    exponent: float = _TRAIN.poly_exponent):
     """A per-iteration LambdaLR following :func:`poly_lr_factor`; call ``step()`` after each iteration."""
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda it: poly_lr_factor(it, total_iterations, warmup_iterations, exponent))

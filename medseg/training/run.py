@@ -6,8 +6,6 @@ import json
 import math
 import re
 import resource
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,25 +18,52 @@ from monai.transforms import Compose, EnsureTyped
 from monai.utils import set_determinism
 
 from medseg import transforms as mt
-from medseg.config import Config, ModelConfig, config_to_yaml, flatten
+from medseg.checkpoint import load_checkpoint, save_checkpoint
+from medseg.config import Config, config_to_yaml, flatten
 from medseg.data import kfold_splits, load_or_compute_fingerprint, read_dataset
 from medseg.data.dataset import case_list_digest
 from medseg.data.folds import save_split
 from medseg.devices import resolve_device
 from medseg.errors import ConfigError, Interrupted, MedsegError
-from medseg.inference.sliding_window import effective_amp, make_inferer
+from medseg.inference.pyfunc import LOGGED_MODEL_NAME
+from medseg.inference.sliding_window import make_inferer
+from medseg.keys import (
+    BEST_DICE_MEAN,
+    EPOCH,
+    LEARNING_RATE,
+    PATCHES_PER_SECOND,
+    PEAK_MEMORY_MB,
+    SECONDS_PER_ITERATION,
+    TRAIN_LOSS,
+    VAL_DICE_MEAN,
+)
 from medseg.models import NetworkSpec, build_unet
 from medseg.models.directory import save_model_dir
 from medseg.models.memory import available_memory_bytes, training_memory_bytes
-from medseg.plan import make_plan
+from medseg.norm_registry import REGISTRY
+from medseg.plan import Plan, make_plan
 from medseg.plots import learning_curve, overlay_slices
+from medseg.precision import effective_amp, grad_scaler
 from medseg.progress import ProgressFn, silent
+from medseg.signals import StopRequest, stop_on_signals
 from medseg.tracking import RankTracker, Tracker, existing_store, resolve_tracking_uri
 from medseg.training import distributed as dist
-from medseg.training.checkpoint import load_checkpoint, save_checkpoint
-from medseg.training.loop import dice_ce_loss, grad_scaler, train_epoch
+from medseg.training.loop import dice_ce_loss, train_epoch
 from medseg.training.optim import build_optimizer, build_scheduler, poly_lr_factor
-from medseg.training.sampling import DeviceAugmentation, EpochPatchStream, EpochSampler
+from medseg.training.patch_stream import (
+    DeviceAugmentation,
+    EpochPatchStream,
+    EpochSampler,
+)
+from medseg.training.state import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    NETWORK,
+    TrainState,
+    load_training_state,
+    restore,
+    save_training_state,
+)
 from medseg.training.validation import Validator
 
 Log = Callable[[str], None]
@@ -113,14 +138,6 @@ def find_run_dir(resume: str | Path, tracking_uri: str | None = None) -> Path:
     return path
 
 
-def network_spec(m: ModelConfig, in_channels: int, out_channels: int, norm: str | None = None) -> NetworkSpec:
-    """The :class:`NetworkSpec` the ``model`` config section describes (``norm`` overrides its norm)."""
-    return NetworkSpec(in_channels=in_channels, out_channels=out_channels, filters=list(m.filters),
-                       strides=[list(s) if isinstance(s, tuple) else s for s in m.strides], kernel_size=m.kernel_size,
-                       norm=norm or m.norm, num_groups=m.num_groups, deep_supervision=m.deep_supervision,
-                       res_block=m.res_block)
-
-
 def run_training(cfg: Config, *, resume_dir: Path | None = None, progress: ProgressFn = silent,
                  log: Log = lambda s: None) -> TrainingResult:
     """Train and validate one model as configured by ``cfg`` (validated; ``cfg.data.root`` set).
@@ -152,6 +169,39 @@ def run_training(cfg: Config, *, resume_dir: Path | None = None, progress: Progr
         dist.shutdown()
 
 
+@dataclass
+class RunContext:
+    """What every step of a run reads: its settings, where it runs, where it writes.
+
+    Attributes:
+        cfg: the validated config. plan: the resolved plan. net_spec: the network.
+        device: the training device. amp: the effective autocast mode (:mod:`medseg.precision`).
+        info: DDP rank info. progress, log: progress bars and log lines (silent on ranks > 0).
+        run_dir: the run folder. tracker: its MLflow run (a no-op :class:`RankTracker` on ranks > 0).
+    """
+
+    cfg: Config
+    plan: Plan
+    net_spec: NetworkSpec
+    device: torch.device
+    amp: str
+    info: dist.DistInfo
+    progress: ProgressFn
+    log: Log
+    run_dir: Path | None = None
+    tracker: Tracker | RankTracker | None = None
+
+    @property
+    def checkpoints(self) -> Path:
+        """The run's ``checkpoints/`` folder (``last.pt``, ``best.pt``)."""
+        return self.run_dir / "checkpoints"
+
+    @property
+    def batch_statistics(self) -> bool:
+        """The norm pools statistics over the batch (see :attr:`medseg.norm_registry.Norm.batch_statistics`)."""
+        return REGISTRY[self.net_spec.norm].batch_statistics
+
+
 def _run(cfg: Config, resume_dir: Path | None, device: torch.device, info: dist.DistInfo, progress: ProgressFn,
          log: Log) -> TrainingResult:
     # --- data checks, fingerprint, plan: everything that can fail on user input, before any work
@@ -161,8 +211,7 @@ def _run(cfg: Config, resume_dir: Path | None, device: torch.device, info: dist.
     fingerprint, _ = load_or_compute_fingerprint(spec, cfg.data.cache_dir, progress)
     if info.is_main:
         dist.barrier(info)
-    m = cfg.model
-    net_spec = network_spec(m, len(spec.modality), spec.num_classes)
+    net_spec = NetworkSpec.from_config(cfg.model, len(spec.modality), spec.num_classes)
     network = build_unet(net_spec, seed=cfg.seed).to(device)  # initial weights from the seed alone (paired study)
     plan = make_plan(fingerprint, target_spacing=cfg.preprocess.target_spacing, patch_size=cfg.sampling.patch_size,
                      strides=net_spec.strides, image_interpolation=cfg.preprocess.image_interpolation,
@@ -172,27 +221,27 @@ def _run(cfg: Config, resume_dir: Path | None, device: torch.device, info: dist.
     train_items = [by_id[i] for i in split["train"]]
     val_items = [by_id[i] for i in split["val"]]
 
-    state = None
+    resumed = None
     if resume_dir is not None:
+        last = resume_dir / "checkpoints" / LAST_CHECKPOINT
         try:
-            state = load_checkpoint(resume_dir / "checkpoints" / "last.pt", map_location=device)
+            resumed = load_training_state(last, map_location=device)
         except Exception as e:
-            raise MedsegError(f"checkpoint cannot be loaded ({type(e).__name__}: {str(e)[:200]})",
-                              resume_dir / "checkpoints" / "last.pt") from None
-        _check_resumable(resume_dir, state, cfg, fingerprint, split)
+            raise MedsegError(f"checkpoint cannot be loaded ({type(e).__name__}: {str(e)[:200]})", last) from None
+        _check_resumable(resume_dir, cfg, fingerprint, split)
     _check_memory(cfg, net_spec, plan.patch_size, device)
     amp = effective_amp(device, cfg.train.amp)  # what runs: bf16 on CPU only where it is native
-    run_dir, tracker = _open_run(cfg, spec.name, plan, device, amp, info, resume_dir, state, log,
-                                 f"{len(train_items)} training / {len(val_items)} validation cases")
+    ctx = RunContext(cfg, plan, net_spec, device, amp, info, progress, log)
+    _open_run(ctx, spec.name, resumed[0] if resumed else None, resume_dir,
+              f"{len(train_items)} training / {len(val_items)} validation cases")
     try:
-        if state is None and info.is_main:
-            _record_inputs(cfg, spec, plan, fingerprint, split, run_dir, tracker)
-        result = _fit(cfg, plan, net_spec, network, device, amp, train_items, val_items, run_dir, tracker, progress,
-                      log, state, info)
+        if resumed is None and info.is_main:
+            _record_inputs(ctx, spec, fingerprint, split)
+        result = _fit(ctx, network, _build(ctx, network, train_items, val_items), resumed)
     except BaseException as e:
-        tracker.end("KILLED" if isinstance(e, (KeyboardInterrupt, TrainingInterrupted)) else "FAILED")
+        ctx.tracker.end("KILLED" if isinstance(e, (KeyboardInterrupt, TrainingInterrupted)) else "FAILED")
         raise
-    tracker.end("FINISHED")
+    ctx.tracker.end("FINISHED")
     return result
 
 
@@ -240,7 +289,7 @@ def _new_run_dir(output_dir: Path, name: str) -> Path:
 FINGERPRINT_IDENTITY = ("labels", "num_cases", "cases", "label_voxels")  # what makes the data the same
 
 
-def _check_resumable(run_dir: Path, state: dict, cfg: Config, fingerprint: dict, split: dict) -> None:
+def _check_resumable(run_dir: Path, cfg: Config, fingerprint: dict, split: dict) -> None:
     """Refuse to resume on data other than the run's (its split.json and fingerprint.json).
 
     Raises:
@@ -263,23 +312,25 @@ def _check_resumable(run_dir: Path, state: dict, cfg: Config, fingerprint: dict,
                           f"(fingerprint.json: {', '.join(differ)} changed): resume on the same data", run_dir)
 
 
-def _open_run(cfg: Config, dataset: str, plan, device: torch.device, amp: str, info: dist.DistInfo,
-              resume_dir: Path | None, state: dict | None, log: Log, cases: str) -> tuple[Path, Tracker | RankTracker]:
-    """The run folder and its MLflow run: the resumed run's (``state`` from its last checkpoint), a new
-    one (rank 0, which broadcasts it), or rank 0's (other ranks, which log nothing)."""
+def _open_run(ctx: RunContext, dataset: str, state: TrainState | None, resume_dir: Path | None, cases: str) -> None:
+    """Set ``ctx.run_dir`` and ``ctx.tracker``: the resumed run's (``state`` from its last
+    checkpoint), a new one (rank 0, which broadcasts it), or rank 0's (other ranks, which log nothing)."""
+    cfg, info, log = ctx.cfg, ctx.info, ctx.log
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
     if state is not None:
-        tracker = Tracker.attach(uri, state["mlflow_run_id"]) if info.is_main else RankTracker(state["mlflow_run_id"])
-        tracker.start_system_metrics(cfg.tracking.system_metrics_interval, resume=True)
-        log(f"MLflow run {tracker.run_id} in {tracker.uri} (resumed)")
-        return resume_dir, tracker
+        ctx.run_dir = resume_dir
+        ctx.tracker = Tracker.attach(uri, state.mlflow_run_id) if info.is_main else RankTracker(state.mlflow_run_id)
+        ctx.tracker.start_system_metrics(cfg.tracking.system_metrics_interval, resume=True)
+        log(f"MLflow run {ctx.tracker.run_id} in {ctx.tracker.uri} (resumed)")
+        return
     if not info.is_main:
-        run_dir, run_id = dist.broadcast(None, info)
-        return run_dir, RankTracker(run_id)
+        ctx.run_dir, run_id = dist.broadcast(None, info)
+        ctx.tracker = RankTracker(run_id)
+        return
     m = cfg.model
     tags = {"norm": m.norm, "batch_size": cfg.train.batch_size, "fold": cfg.data.fold, "dataset": dataset,
-            "seed": cfg.seed, "world_size": info.world_size, "amp": amp, **cfg.tracking.tags}
-    if m.norm == "batch" and info.enabled:
+            "seed": cfg.seed, "world_size": info.world_size, "amp": ctx.amp, **cfg.tracking.tags}
+    if ctx.batch_statistics and info.enabled:
         tags["sync_bn"] = cfg.train.sync_bn
     if cfg.tracking.parent_run_id:
         tags["mlflow.parentRunId"] = cfg.tracking.parent_run_id
@@ -292,17 +343,18 @@ def _open_run(cfg: Config, dataset: str, plan, device: torch.device, amp: str, i
         run_dir.rmdir()  # still empty: no half-made run folder is left behind
         raise
     dist.broadcast((run_dir, tracker.run_id), info)
+    ctx.run_dir, ctx.tracker = run_dir, tracker
     tracker.start_system_metrics(cfg.tracking.system_metrics_interval)
-    log(f"run {run_name}: {cases}, patch {plan.patch_size}, spacing "
-        f"{tuple(round(s, 3) for s in plan.target_spacing)} mm, norm {m.norm}, device {device}, autocast {amp}"
-        + (f", {info.world_size} processes (DDP)" if info.enabled else ""))
+    log(f"run {run_name}: {cases}, patch {ctx.plan.patch_size}, spacing "
+        f"{tuple(round(s, 3) for s in ctx.plan.target_spacing)} mm, norm {m.norm}, device {ctx.device}, "
+        f"autocast {ctx.amp}" + (f", {info.world_size} processes (DDP)" if info.enabled else ""))
     log(f"MLflow run {tracker.run_id} in {tracker.uri}")
-    return run_dir, tracker
 
 
-def _record_inputs(cfg: Config, spec, plan, fingerprint: dict, split: dict, run_dir: Path, tracker: Tracker) -> None:
+def _record_inputs(ctx: RunContext, spec, fingerprint: dict, split: dict) -> None:
     """Write and log what defines the run: resolved config, split, fingerprint, plan, params, and the
     training and validation cases as MLflow dataset inputs (digest of case ids and file SHA-256s)."""
+    cfg, plan, run_dir, tracker = ctx.cfg, ctx.plan, ctx.run_dir, ctx.tracker
     (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
     save_split(split, run_dir / "split.json")
     (run_dir / "fingerprint.json").write_text(json.dumps(fingerprint, indent=1))
@@ -321,7 +373,7 @@ def _record_inputs(cfg: Config, spec, plan, fingerprint: dict, split: dict, run_
 
 
 def _datasets(cfg: Config, plan, train_items, val_items, progress, world_size: int = 1):
-    """Preprocessed validation volumes, and the training patch stream (see training/sampling.py)."""
+    """Preprocessed validation volumes, and the training patch stream (see training/patch_stream.py)."""
     pre = mt.preprocessing(plan)
     prep = Compose([mt.patch_preparation(plan), EnsureTyped(keys=("image", "label"), track_meta=False)])
     a = cfg.augment
@@ -346,177 +398,222 @@ class TrainingInterrupted(Interrupted):
     """SIGTERM/SIGINT arrived: a checkpoint was saved and the run can be resumed."""
 
 
-def _finish(cfg: Config, net_spec: NetworkSpec, validator: Validator, run_dir: Path, tracker: Tracker | RankTracker,
-            history: list[dict], best: float, best_epoch: int, batch_stats: bool,
-            progress: ProgressFn) -> TrainingResult:
-    """The end of a run, with the best weights loaded: final validation (HD95, TTA if configured),
-    summary metrics, learning curve and validation-slice plots, per-case JSON, model directory
-    (the outputs are written by rank 0)."""
-    network, plan, info = validator.network, validator.plan, validator.info
-    final = validator.run(hd95=cfg.validation.hd95, progress=progress, keep_first=True, tta=cfg.validation.tta)
-    val_dice, mean_dice = validator.dice_by_label(final)
-    val_hd95 = {name: final["per_class"][k]["hd95"] for k, name in plan.foreground_labels.items()}
-    summary = {f"best_val_dice_{n}": d for n, d in val_dice.items()}
-    summary.update({f"best_val_hd95_{n}": h for n, h in val_hd95.items()})
-    summary["best_val_dice_mean"] = mean_dice
-    hd = [h for h in val_hd95.values() if math.isfinite(h)]
-    if hd:
-        summary["best_val_hd95_mean"] = float(np.mean(hd))
-    if batch_stats:
-        gap = validator.batch_stats_gap(summary["best_val_dice_mean"], tta=cfg.validation.tta)
-        summary.update({f"best_{k}": v for k, v in gap.items()})
-    model_dir = run_dir / "model"
-    if info.is_main:
-        tracker.log_metrics(summary, step=best_epoch)
-        tracker.set_tags({"best_epoch": best_epoch})
-        plots = run_dir / "plots"
-        plots.mkdir(exist_ok=True)
-        learning_curve(history, plots / "learning_curve.png", plan.labels)
-        if final["first"] is not None:
-            img, ref, pred = final["first"]
-            overlay_slices(img, ref, pred, plots / "validation_slices.png",
-                           title=f"{final['cases'][0]['case_id']}: reference (left) vs prediction (right)")
-        tracker.log_artifacts(plots, "plots")
-        (run_dir / "validation_cases.json").write_text(json.dumps(final["cases"], indent=1, default=float))
-        tracker.log_artifact(run_dir / "validation_cases.json")
-        save_model_dir(model_dir, network, plan, net_spec, extra={
-            "mlflow_run_id": tracker.run_id, "best_epoch": best_epoch, "validation": summary,
-            "sliding_window": {"overlap": cfg.validation.overlap, "sw_batch_size": cfg.validation.sw_batch_size}})
-        tracker.log_artifacts(model_dir, "model")
-    return TrainingResult(run_id=tracker.run_id, run_dir=run_dir, model_dir=model_dir, best_dice=best,
-                          best_epoch=best_epoch, val_dice=val_dice, val_hd95=val_hd95, history=history)
+@dataclass
+class Parts:
+    """The objects one training run works with (built by :func:`_build`).
 
-
-def _restore(state: dict, network, optimizer, scheduler, scaler, tracker: Tracker | RankTracker) -> tuple:
-    """Load a last checkpoint's weights and optimizer, scheduler and scaler states in place, and log
-    its epoch's metrics if the interrupted run had not logged them yet.
-
-    Returns:
-        (best mean Dice, best epoch, history, next epoch, next iteration in it, that epoch's losses so far)
+    Attributes:
+        network: the plain network (its weights are what is saved). model: what the loop calls
+        (``network`` wrapped in DDP and/or ``torch.compile`` as configured). loader, sampler: the
+        patch DataLoader and the sampler that gives it each epoch's stream indices. loss_fn,
+        optimizer, scheduler, scaler: the optimization. device_augment: augmentation on the device,
+        or None. validator: the validation (:class:`~medseg.training.validation.Validator`).
     """
-    network.load_state_dict(state["network"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    history = list(state["history"])
-    if history and not tracker.has_metric("train_loss", history[-1]["epoch"]):
-        tracker.log_metrics({k: v for k, v in history[-1].items() if k != "epoch"}, step=history[-1]["epoch"])
-    return (state["best_val_dice_mean"], state["best_epoch"], history, state["next_epoch"], state["next_iteration"],
-            list(state["epoch_losses"]))
+
+    network: torch.nn.Module
+    model: torch.nn.Module
+    loader: DataLoader | None
+    sampler: EpochSampler
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    device_augment: DeviceAugmentation | None
+    validator: Validator
 
 
-def _fit(cfg: Config, plan, net_spec, network, device, amp: str, train_items, val_items, run_dir: Path,
-         tracker: Tracker | RankTracker,
-         progress: ProgressFn, log: Log, state: dict | None = None,
-         info: dist.DistInfo = dist.DistInfo()) -> TrainingResult:
-    """Build the data, loader, optimizer and schedule, run the epochs (resuming from ``state``, a
-    last checkpoint, when given), validate every ``validation.every_n_epochs``, keep ``last.pt`` and
-    ``best.pt`` and log each epoch's metrics; then :func:`_finish` with the best weights."""
-    t = cfg.train
+def _build(ctx: RunContext, network: torch.nn.Module, train_items: list[dict], val_items: list[dict]) -> Parts:
+    """The data, loader, wrapped model, loss, optimizer, schedule and validator of a run."""
+    cfg, t, info, device = ctx.cfg, ctx.cfg.train, ctx.info, ctx.device
     if t.channels_last:
         network.to(memory_format=torch.channels_last_3d)
-    stream, val_volumes = _datasets(cfg, plan, train_items, val_items, progress, info.world_size)
-    per_epoch = t.iterations_per_epoch * t.batch_size * info.world_size
-    model = dist.wrap(network, info, device, sync_bn=t.sync_bn and net_spec.norm == "batch")
+    stream, val_volumes = _datasets(cfg, ctx.plan, train_items, val_items, ctx.progress, info.world_size)
+    model = dist.wrap(network, info, device, sync_bn=t.sync_bn and ctx.batch_statistics)
     if t.compile:  # training forward only; validation runs the eager network (other window batch shapes)
         model = torch.compile(model)
-    device_augment = DeviceAugmentation(stream) if cfg.augment.on_device else None
     sampler = EpochSampler()  # one loader for the run: persistent workers keep their cached volumes
     workers = cfg.data.num_workers
     loader = DataLoader(stream, batch_size=t.batch_size, sampler=sampler, num_workers=workers,
                         pin_memory=device.type == "cuda", persistent_workers=workers > 0 and cfg.data.persistent_workers)
-    loss_fn = dice_ce_loss()
     optimizer = build_optimizer(network.parameters(), t.optimizer, t.lr, t.momentum, t.weight_decay)
-    total = t.epochs * t.iterations_per_epoch
-    scheduler = build_scheduler(optimizer, total, t.warmup_epochs * t.iterations_per_epoch, t.poly_exponent)
-    scaler = grad_scaler(device, amp)
-    validator = Validator(network, val_volumes, make_inferer(plan.patch_size, cfg.validation.overlap,
-                                                             cfg.validation.sw_batch_size), plan, amp, info)
-    fg_labels = plan.foreground_labels
-    ckpt_dir = run_dir / "checkpoints"
-    batch_stats = cfg.validation.batch_stats and net_spec.norm == "batch"
-    history: list[dict] = []
-    best, best_epoch, start_epoch, start_iteration, epoch_losses = -1.0, -1, 0, 0, []
-    if state is not None:
-        best, best_epoch, history, start_epoch, start_iteration, epoch_losses = _restore(
-            state, network, optimizer, scheduler, scaler, tracker)
-        log(f"resuming at epoch {start_epoch + 1}, iteration {start_iteration}")
+    scheduler = build_scheduler(optimizer, t.epochs * t.iterations_per_epoch, t.warmup_epochs * t.iterations_per_epoch,
+                                t.poly_exponent)
+    inferer = make_inferer(ctx.plan.patch_size, cfg.validation.overlap, cfg.validation.sw_batch_size)
+    return Parts(network, model, loader, sampler, dice_ce_loss(), optimizer, scheduler, grad_scaler(device, ctx.amp),
+                 DeviceAugmentation(stream) if cfg.augment.on_device else None,
+                 Validator(network, val_volumes, inferer, ctx.plan, ctx.amp, info))
 
-    def save_last(next_epoch: int, next_iteration: int, losses: list[float]) -> None:
-        if not info.is_main:
-            return
-        save_checkpoint({"network": network.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else {},
-                         "next_epoch": next_epoch, "next_iteration": next_iteration, "epoch_losses": list(losses),
-                         "best_val_dice_mean": best, "best_epoch": best_epoch, "history": history,
-                         "mlflow_run_id": tracker.run_id, "seed": cfg.seed}, ckpt_dir / "last.pt")
 
-    stop = {"signal": None}
-
-    def on_signal(signum, _frame):
-        stop["signal"] = signal.Signals(signum).name
-
-    handlers = {}
-    if threading.current_thread() is threading.main_thread():
-        handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+def _fit(ctx: RunContext, network: torch.nn.Module, parts: Parts,
+         resumed: tuple[TrainState, dict] | None) -> TrainingResult:
+    """The training loop: each epoch trains, validates when due (keeping ``best.pt``), checkpoints
+    ``last.pt`` and then logs its metrics; at the end the final model is measured and the best
+    epoch's weights are validated and saved as the model directory (:func:`_finish`)."""
+    cfg, t = ctx.cfg, ctx.cfg.train
+    state = _start_state(ctx, parts, resumed)
     try:
-        for epoch in range(start_epoch, t.epochs):
-            first = start_iteration if epoch == start_epoch else 0
-            losses = epoch_losses if epoch == start_epoch else []
-            sampler.indices = dist.rank_indices(epoch, per_epoch, first, t.batch_size, info)
-            lr = t.lr * poly_lr_factor(epoch * t.iterations_per_epoch, total, t.warmup_epochs * t.iterations_per_epoch,
-                                       t.poly_exponent)  # at the epoch's start, also when resuming mid-epoch
-            every = t.checkpoint_every_iterations
-
-            def after_iteration(ls, epoch=epoch):
-                if every and len(ls) % every == 0:
-                    save_last(epoch, len(ls), ls)
-
-            try:
-                stats = train_epoch(model, loader, loss_fn, optimizer, scheduler, device=device, amp=amp,
-                                    scaler=scaler, grad_clip=t.grad_clip, progress=progress,
-                                    description=f"epoch {epoch + 1}/{t.epochs}", losses=losses,
-                                    should_stop=lambda: dist.any_rank(stop["signal"] is not None, info),
-                                    after_iteration=after_iteration,
-                                    channels_last=t.channels_last, device_augment=device_augment)
-            except torch.OutOfMemoryError:
-                optimizer.zero_grad(set_to_none=True)
-                save_last(epoch, len(losses), losses)
-                raise MedsegError(f"out of {device.type} memory at batch size {t.batch_size}, patch "
-                                  f"{plan.patch_size}: lower train.batch_size or sampling.patch_size. A checkpoint "
-                                  f"was saved; resume with: medseg train --resume {run_dir}", ckpt_dir / "last.pt") from None
-            if stats["interrupted"]:
-                save_last(epoch, len(losses), losses)
-                raise TrainingInterrupted(
-                    f"{stop['signal']} received: stopped at epoch {epoch + 1}, iteration {len(losses)}; checkpoint "
-                    f"saved. Resume with: medseg train --resume {run_dir}", ckpt_dir / "last.pt")
-            row = {"epoch": epoch, "train_loss": dist.mean_over_ranks(stats["train_loss"], info), "learning_rate": lr,
-                   "seconds_per_iteration": stats["seconds_per_iteration"],
-                   "patches_per_second": stats["patches_per_second"] * info.world_size,
-                   "peak_memory_mb": peak_memory_mb(device)}
-            last_epoch = epoch == t.epochs - 1
-            if (epoch + 1) % cfg.validation.every_n_epochs == 0 or last_epoch:
-                row.update(validator.epoch_metrics(epoch, batch_stats, progress))
-                if row["val_dice_mean"] > best:
-                    best, best_epoch = row["val_dice_mean"], epoch
-                    if info.is_main:
-                        save_checkpoint({"network": network.state_dict(), "epoch": epoch, "val_dice_mean": best},
-                                        ckpt_dir / "best.pt")
-            history.append(row)
-            save_last(epoch + 1, 0, [])  # first the checkpoint, then the metrics (a resume logs what is missing)
-            tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-            dice_txt = " ".join(f"{n}={row[f'val_dice_{n}']:.3f}" for n in fg_labels.values()) \
-                if "val_dice_mean" in row else ""
-            log(f"epoch {epoch + 1}/{t.epochs} loss {row['train_loss']:.4f} lr {lr:.2e} "
-                f"{row['seconds_per_iteration']:.3f} s/it {row['patches_per_second']:.1f} patches/s {dice_txt}")
+        with stop_on_signals() as stop:
+            for epoch in range(state.next_epoch, t.epochs):
+                stats = _train_epoch(ctx, parts, state, epoch, stop)
+                row = _epoch_row(ctx, stats, epoch)
+                if (epoch + 1) % cfg.validation.every_n_epochs == 0 or epoch == t.epochs - 1:
+                    row.update(parts.validator.epoch_metrics(epoch, cfg.validation.batch_stats and ctx.batch_statistics,
+                                                             ctx.progress))
+                    if state.improve(row[VAL_DICE_MEAN], epoch):
+                        _save_best(ctx, network, epoch, state.best_val_dice_mean)
+                state.end_epoch(row)
+                _save_last(ctx, parts, state)  # first the checkpoint, then the metrics (a resume logs what is missing)
+                ctx.tracker.log_metrics({k: v for k, v in row.items() if k != EPOCH}, step=epoch)
+                ctx.log(_epoch_line(ctx, row))
     finally:
-        loader = None  # ends persistent DataLoader workers before the final validation (or on error)
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-
+        parts.loader = None  # ends persistent DataLoader workers before the final validation (or on error)
     # the final model (what the normalizer study compares), before the best epoch's weights replace it
-    tracker.log_metrics(validator.final_model_metrics(t.epochs - 1, progress), step=t.epochs - 1)
-    dist.barrier(info)  # best.pt is written by rank 0 (the run folder must be on a shared filesystem)
-    network.load_state_dict(load_checkpoint(ckpt_dir / "best.pt", map_location=device)["network"])
-    return _finish(cfg, net_spec, validator, run_dir, tracker, history, best, best_epoch, batch_stats, progress)
+    ctx.tracker.log_metrics(parts.validator.final_model_metrics(t.epochs - 1, ctx.progress), step=t.epochs - 1)
+    dist.barrier(ctx.info)  # best.pt is written by rank 0 (the run folder must be on a shared filesystem)
+    network.load_state_dict(load_checkpoint(ctx.checkpoints / BEST_CHECKPOINT, map_location=ctx.device)[NETWORK])
+    return _finish(ctx, parts.validator, state)
+
+
+def _start_state(ctx: RunContext, parts: Parts, resumed: tuple[TrainState, dict] | None) -> TrainState:
+    """A fresh :class:`TrainState`, or the resumed one with its weights and optimizer states loaded
+    (and the metrics of its last epoch logged if the interrupted run had not logged them yet)."""
+    if resumed is None:
+        return TrainState(mlflow_run_id=ctx.tracker.run_id, seed=ctx.cfg.seed)
+    state, weights = resumed
+    restore(weights, parts.network, parts.optimizer, parts.scheduler, parts.scaler)
+    last = state.history[-1] if state.history else None
+    if last is not None and not ctx.tracker.has_metric(TRAIN_LOSS, last[EPOCH]):
+        ctx.tracker.log_metrics({k: v for k, v in last.items() if k != EPOCH}, step=last[EPOCH])
+    ctx.log(f"resuming at epoch {state.next_epoch + 1}, iteration {state.next_iteration}")
+    return state
+
+
+def _train_epoch(ctx: RunContext, parts: Parts, state: TrainState, epoch: int, stop: StopRequest) -> dict:
+    """One epoch of :func:`~medseg.training.loop.train_epoch` from the state's position in it,
+    checkpointing every ``train.checkpoint_every_iterations``.
+
+    Raises:
+        TrainingInterrupted: a stop signal arrived (a checkpoint was saved first).
+        MedsegError: out of device memory (a checkpoint was saved first).
+    """
+    t, info = ctx.cfg.train, ctx.info
+    if epoch != state.next_epoch:
+        state.next_epoch, state.next_iteration, state.epoch_losses = epoch, 0, []
+    losses = state.epoch_losses
+    parts.sampler.indices = dist.rank_indices(epoch, t.iterations_per_epoch * t.batch_size * info.world_size,
+                                              state.next_iteration, t.batch_size, info)
+    every = t.checkpoint_every_iterations
+
+    def save_mid_epoch(ls: list[float]) -> None:
+        state.next_iteration = len(ls)
+        _save_last(ctx, parts, state)
+
+    def after_iteration(ls: list[float]) -> None:
+        if every and len(ls) % every == 0:
+            save_mid_epoch(ls)
+
+    try:
+        stats = train_epoch(parts.model, parts.loader, parts.loss_fn, parts.optimizer, parts.scheduler,
+                            device=ctx.device, amp=ctx.amp, scaler=parts.scaler, grad_clip=t.grad_clip,
+                            progress=ctx.progress, description=f"epoch {epoch + 1}/{t.epochs}", losses=losses,
+                            should_stop=lambda: dist.any_rank(bool(stop), info), after_iteration=after_iteration,
+                            channels_last=t.channels_last, device_augment=parts.device_augment)
+    except torch.OutOfMemoryError:
+        parts.optimizer.zero_grad(set_to_none=True)
+        save_mid_epoch(losses)
+        raise MedsegError(f"out of {ctx.device.type} memory at batch size {t.batch_size}, patch "
+                          f"{ctx.plan.patch_size}: lower train.batch_size or sampling.patch_size. A checkpoint was "
+                          f"saved; resume with: medseg train --resume {ctx.run_dir}",
+                          ctx.checkpoints / LAST_CHECKPOINT) from None
+    if stats["interrupted"]:
+        save_mid_epoch(losses)
+        raise TrainingInterrupted(f"{stop.signal} received: stopped at epoch {epoch + 1}, iteration {len(losses)}; "
+                                  f"checkpoint saved. Resume with: medseg train --resume {ctx.run_dir}",
+                                  ctx.checkpoints / LAST_CHECKPOINT)
+    return stats
+
+
+def _epoch_row(ctx: RunContext, stats: dict, epoch: int) -> dict:
+    """An epoch's training metrics (its learning rate is the schedule's at the epoch's start)."""
+    t, info = ctx.cfg.train, ctx.info
+    warmup = t.warmup_epochs * t.iterations_per_epoch
+    lr = t.lr * poly_lr_factor(epoch * t.iterations_per_epoch, t.epochs * t.iterations_per_epoch, warmup,
+                               t.poly_exponent)
+    return {EPOCH: epoch, TRAIN_LOSS: dist.mean_over_ranks(stats["train_loss"], info), LEARNING_RATE: lr,
+            SECONDS_PER_ITERATION: stats["seconds_per_iteration"],
+            PATCHES_PER_SECOND: stats["patches_per_second"] * info.world_size,
+            PEAK_MEMORY_MB: peak_memory_mb(ctx.device)}
+
+
+def _epoch_line(ctx: RunContext, row: dict) -> str:
+    """The log line of a finished epoch."""
+    dice = " ".join(f"{n}={row[f'val_dice_{n}']:.3f}" for n in ctx.plan.foreground_labels.values()) \
+        if VAL_DICE_MEAN in row else ""
+    return (f"epoch {row[EPOCH] + 1}/{ctx.cfg.train.epochs} loss {row[TRAIN_LOSS]:.4f} lr {row[LEARNING_RATE]:.2e} "
+            f"{row[SECONDS_PER_ITERATION]:.3f} s/it {row[PATCHES_PER_SECOND]:.1f} patches/s {dice}")
+
+
+def _save_last(ctx: RunContext, parts: Parts, state: TrainState) -> None:
+    """``checkpoints/last.pt`` from rank 0."""
+    if ctx.info.is_main:
+        save_training_state(ctx.checkpoints / LAST_CHECKPOINT, state, parts.network, parts.optimizer,
+                            parts.scheduler, parts.scaler)
+
+
+def _save_best(ctx: RunContext, network: torch.nn.Module, epoch: int, dice: float) -> None:
+    """``checkpoints/best.pt`` (weights, epoch, mean Dice) from rank 0."""
+    if ctx.info.is_main:
+        save_checkpoint({NETWORK: network.state_dict(), "epoch": epoch, VAL_DICE_MEAN: dice},
+                        ctx.checkpoints / BEST_CHECKPOINT)
+
+
+def _finish(ctx: RunContext, validator: Validator, state: TrainState) -> TrainingResult:
+    """The end of a run, with the best weights loaded: final validation (HD95, TTA if configured),
+    summary metrics, plots, per-case JSON and the model directory (written by rank 0)."""
+    cfg, plan = ctx.cfg, ctx.plan
+    final = validator.run(hd95=cfg.validation.hd95, progress=ctx.progress, keep_first=True, tta=cfg.validation.tta)
+    val_dice, mean_dice = validator.dice_by_label(final)
+    val_hd95 = {name: final["per_class"][k]["hd95"] for k, name in plan.foreground_labels.items()}
+    summary = {f"best_val_dice_{n}": d for n, d in val_dice.items()}
+    summary.update({f"best_val_hd95_{n}": h for n, h in val_hd95.items()})
+    summary[BEST_DICE_MEAN] = mean_dice
+    hd = [h for h in val_hd95.values() if math.isfinite(h)]
+    if hd:
+        summary["best_val_hd95_mean"] = float(np.mean(hd))
+    if cfg.validation.batch_stats and ctx.batch_statistics:
+        gap = validator.batch_stats_gap(summary[BEST_DICE_MEAN], tta=cfg.validation.tta)
+        summary.update({f"best_{k}": v for k, v in gap.items()})
+    if ctx.info.is_main:
+        _write_outputs(ctx, validator.network, final, summary, state)
+    return TrainingResult(run_id=ctx.tracker.run_id, run_dir=ctx.run_dir, model_dir=ctx.run_dir / "model",
+                          best_dice=state.best_val_dice_mean, best_epoch=state.best_epoch, val_dice=val_dice,
+                          val_hd95=val_hd95, history=state.history)
+
+
+def _write_outputs(ctx: RunContext, network: torch.nn.Module, final: dict, summary: dict, state: TrainState) -> None:
+    """Log the summary metrics, write and log the plots, the per-case JSON and the model directory."""
+    cfg, plan, tracker, run_dir = ctx.cfg, ctx.plan, ctx.tracker, ctx.run_dir
+    tracker.log_metrics(summary, step=state.best_epoch)
+    tracker.set_tags({"best_epoch": state.best_epoch})
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    learning_curve(state.history, plots / "learning_curve.png", plan.labels)
+    if final["first"] is not None:
+        img, ref, pred = final["first"]
+        overlay_slices(img, ref, pred, plots / "validation_slices.png",
+                       title=f"{final['cases'][0]['case_id']}: reference (left) vs prediction (right)")
+    tracker.log_artifacts(plots, "plots")
+    (run_dir / "validation_cases.json").write_text(json.dumps(final["cases"], indent=1, default=float))
+    tracker.log_artifact(run_dir / "validation_cases.json")
+    save_model_dir(run_dir / "model", network, plan, ctx.net_spec, extra={
+        "mlflow_run_id": tracker.run_id, "best_epoch": state.best_epoch, "validation": summary,
+        "sliding_window": {"overlap": cfg.validation.overlap, "sw_batch_size": cfg.validation.sw_batch_size}})
+    tracker.log_artifacts(run_dir / "model", "model")
+    t = cfg.tracking
+    if t.log_model:
+        model_uri = tracker.log_model(run_dir / "model", plan.in_channels)
+        ctx.log(f"MLflow Model {model_uri} (also runs:/{tracker.run_id}/{LOGGED_MODEL_NAME})")
+        if t.register_model:
+            version = tracker.register_model(model_uri, t.register_model, t.register_alias)
+            ctx.log(f"registered as {version}" + (f", alias models:/{t.register_model}@{t.register_alias}"
+                                                  if t.register_alias else ""))

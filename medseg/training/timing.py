@@ -9,7 +9,8 @@ import time
 
 import torch
 
-from medseg.training.loop import dice_ce_loss, grad_scaler, training_step
+from medseg.precision import grad_scaler
+from medseg.training.loop import dice_ce_loss, training_step
 from medseg.training.optim import build_optimizer
 
 
@@ -23,7 +24,7 @@ def time_training_step(network: torch.nn.Module, patch_size: tuple[int, int, int
         patch_size: (D, H, W) in voxels.
         batch_size: N.
         steps: timed iterations, after ``warmup`` untimed ones (which include torch.compile's compilation).
-        amp: ``"bf16" | "fp16" | "none"`` autocast (see :func:`~medseg.inference.sliding_window.effective_amp`).
+        amp: ``"bf16" | "fp16" | "none"`` autocast (see :func:`~medseg.precision.effective_amp`).
         channels_last: network and input in channels_last_3d memory format.
         compile: time ``torch.compile(network)``.
 

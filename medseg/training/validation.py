@@ -14,24 +14,55 @@ import numpy as np
 import torch
 from monai.transforms import CenterSpatialCrop, SpatialPad
 
-from medseg.evaluation import summarize
-from medseg.keys import mlflow_key
+from medseg.evaluation import per_class_metrics, summarize
+from medseg.inference.sliding_window import predict_probabilities
+from medseg.keys import (
+    BATCH_DEPENDENCE_EVAL,
+    BATCH_DEPENDENCE_TRAIN,
+    FINAL_CASE_DICE,
+    FINAL_DICE_MEAN,
+    VAL_DICE_MEAN,
+    mlflow_key,
+)
 from medseg.models.norms import batch_dependence, batch_statistics
 from medseg.progress import ProgressFn, silent
 from medseg.training import distributed as dist
-from medseg.training.loop import validate
 
-VAL_DICE_MEAN = "val_dice_mean"
-FINAL_DICE_MEAN = "final_val_dice_mean"
-FINAL_CASE_DICE = "final_case_dice"  # final_case_dice/<case id>/<label name>
-BATCH_DEPENDENCE_TRAIN = "final_batch_dependence_train"
-BATCH_DEPENDENCE_EVAL = "final_batch_dependence_eval"
 BATCH_DEPENDENCE_PATCHES = 5  # one case alone vs inside a batch with 4 others
 
 
 def case_dice_key(case_id: str, label: str) -> str:
     """The MLflow metric key of one validation case's Dice for one label of the final model."""
     return f"{FINAL_CASE_DICE}/{mlflow_key(case_id, allow_slash=False)}/{mlflow_key(label, allow_slash=False)}"
+
+
+@torch.no_grad()
+def validate(network, volumes: list[dict], inferer, *, num_classes: int, spacing, amp: str = "none",
+             hd95: bool = False, progress: ProgressFn = silent, keep_first: bool = False, tta: bool = False) -> dict:
+    """Sliding-window prediction of whole preprocessed validation volumes and their metrics.
+
+    Args:
+        volumes: dicts with ``image`` (C, D, H, W), ``label`` (1, D, H, W) and ``case_id``.
+        spacing: voxel size in mm of the preprocessed grid (for HD95).
+        tta: mirroring test-time augmentation (8 flips).
+
+    Returns:
+        ``{"per_class": {label: {"dice", "hd95"}}, "cases": [{case_id, label: {...}}],
+        "first": (image, reference, prediction) numpy arrays of the first case if keep_first}``.
+    """
+    network.eval()
+    rows, cases, first = [], [], None
+    for vol in progress(volumes, "validate", len(volumes)):
+        image = torch.as_tensor(vol["image"])[None].float()
+        prob = predict_probabilities(network, image, inferer, amp=amp, tta=tta)
+        pred = prob.argmax(1)[0].cpu().numpy()
+        ref = np.asarray(torch.as_tensor(vol["label"])[0]).astype(np.int64)
+        m = per_class_metrics(pred, ref, num_classes, spacing=spacing, hd95=hd95)
+        rows.append(m)
+        cases.append({"case_id": vol.get("case_id", ""), **m})
+        if keep_first and first is None:
+            first = (np.asarray(torch.as_tensor(vol["image"])[0]), ref, pred)
+    return {"per_class": summarize(rows), "cases": cases, "first": first}
 
 
 class Validator:
@@ -52,7 +83,7 @@ class Validator:
         self._latest: tuple[int, dict] | None = None  # (epoch, result) of the latest epoch validation
 
     def run(self, **kwargs) -> dict:
-        """:func:`~medseg.training.loop.validate` on this rank's share; every rank gets all cases."""
+        """:func:`validate` on this rank's share; every rank gets all cases."""
         info = self.info
         val = validate(self.network, self.volumes[info.rank::info.world_size], self.inferer,
                        num_classes=self.plan.num_classes, spacing=self.plan.target_spacing, amp=self.amp, **kwargs)
