@@ -9,12 +9,16 @@ DEMO_OUT = runs/demo
 .PHONY: install browser demo test bench clean
 
 # torch first (a local CPU build here; an existing CUDA build in the venv is kept), then medseg,
-# whose `torch>=2.2` requirement the installed torch satisfies, so pip never replaces it.
+# whose `torch>=2.2` requirement the installed torch satisfies, so pip never replaces it. Then
+# pydicomrt (RTSTRUCT output) without its `opencv-python` requirement, over OpenCV's headless build,
+# which needs no libGL on a server.
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
 	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q "opencv-python-headless>=4.10,<5"
+	$(BIN)/python -m pip install -q --no-deps "pydicomrt==0.9.1"
 	touch $@
 
 install: $(BIN)/.installed

@@ -188,22 +188,20 @@ def predict(
     largest_component: bool = typer.Option(False, "--largest-component", help="Keep the largest connected component per label."),
     series_uid: str | None = typer.Option(None, "--series-uid", help="Series to use in DICOM folders with several."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (default: skip them)."),
-    output_format: str = typer.Option("nifti", "--output-format", help="nifti (<case>_seg.nii.gz) or dicom-seg "
-                                      "(a DICOM Segmentation <case>_seg.dcm referencing the series; DICOM inputs)."),
+    output_format: str = typer.Option("nifti", "--output-format", help="nifti (<case>_seg.nii.gz), dicom-seg (a "
+                                      "DICOM Segmentation <case>_seg.dcm) or rtstruct (an RT Structure Set "
+                                      "<case>_rtstruct.dcm); the DICOM outputs reference the input series."),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow store of a models:/ or runs:/ "
                                             "model (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Segment volumes; outputs have exactly the input's shape and affine, plus volumes.csv (ml)."""
-    from medseg.inference.batch import OUTPUT_FORMATS, check_output_dir, collect_inputs, predict_inputs
+    from medseg.inference.batch import check_output_dir, check_output_format, collect_inputs, predict_inputs
     from medseg.inference.segmenter import Segmenter
-
-    if output_format not in OUTPUT_FORMATS:
-        raise MedsegError(f"unknown output format {output_format[:40]!r}; choose {' or '.join(OUTPUT_FORMATS)}",
-                          "--output-format")
     from medseg.tracking import resolve_model_uri
 
     inputs = collect_inputs(input)
+    check_output_format(output_format, inputs)  # before any work: a DICOM output needs DICOM inputs
     check_output_dir(output, input)
     model_dir = resolve_model_uri(model, tracking_uri)  # a folder, or downloaded from the MLflow store
     try:

@@ -85,15 +85,49 @@ def save_labels(result: SegmentationResult, path: Path) -> None:
         nib.save(img, tmp)
 
 
-OUTPUT_FORMATS = {"nifti": "_seg.nii.gz", "dicom-seg": "_seg.dcm"}
+OUTPUT_FORMATS = {"nifti": "_seg.nii.gz", "dicom-seg": "_seg.dcm", "rtstruct": "_rtstruct.dcm"}
+DICOM_OUTPUTS = ("dicom-seg", "rtstruct")  # reference a source series: DICOM inputs only
+
+
+def check_output_format(output_format: str, inputs: list[InputCase]) -> None:
+    """Refuse an unknown format, and a DICOM output (SEG, RTSTRUCT) for NIfTI inputs, which have no
+    series to reference (checked before any model is loaded or any case predicted).
+
+    Raises:
+        DataError: naming the format or the first NIfTI input.
+    """
+    if output_format not in OUTPUT_FORMATS:
+        raise DataError(f"unknown output format {output_format[:40]!r}; choose one of {', '.join(OUTPUT_FORMATS)}",
+                        "--output-format")
+    if output_format in DICOM_OUTPUTS:
+        nifti = [c for c in inputs if not c.path.is_dir()]
+        if nifti:
+            raise DataError(f"--output-format {output_format} references the input's DICOM series, and this input "
+                            f"is NIfTI ({len(nifti)} of {len(inputs)} inputs): use --output-format nifti, or give "
+                            "the DICOM series folder", nifti[0].path)
+
+
+def _write_output(result: SegmentationResult, segmenter: Segmenter, target: Path, output_format: str) -> None:
+    """Write one case's labels in ``output_format`` to ``target`` (atomically)."""
+    if output_format == "dicom-seg":
+        from medseg.inference.dicom_seg import write_dicom_seg
+        write_dicom_seg(result.labels, result.source_files, segmenter.label_names, target,
+                        dataset=segmenter.plan.dataset, model_sha256=segmenter.model_sha256)
+    elif output_format == "rtstruct":
+        from medseg.inference.rtstruct import write_rtstruct
+        write_rtstruct(result.labels, result.source_files, segmenter.label_names, target,
+                       model_sha256=segmenter.model_sha256)
+    else:
+        save_labels(result, target)
 
 
 def predict_inputs(segmenter: Segmenter, inputs: list[InputCase], output: Path, *, overwrite: bool = False,
                    save_probabilities: bool = False, series_uid: str | None = None, output_format: str = "nifti",
                    progress: ProgressFn = silent) -> BatchSummary:
-    """Segment every input into ``output/<case>_seg.nii.gz`` (or, with ``output_format="dicom-seg"``,
-    a DICOM Segmentation ``output/<case>_seg.dcm`` referencing the input series: DICOM inputs only)
-    and write ``output/volumes.csv``.
+    """Segment every input into ``output/<case>_seg.nii.gz`` (or, for DICOM inputs, a DICOM
+    Segmentation ``<case>_seg.dcm`` with ``output_format="dicom-seg"``, or an RT Structure Set
+    ``<case>_rtstruct.dcm`` with ``"rtstruct"``, each referencing the input series) and write
+    ``output/volumes.csv``.
 
     ``volumes.csv`` has one row per case and foreground label: case, label, label_name, voxels,
     volume_ml (voxels x the input's voxel volume). With ``save_probabilities``, also
@@ -115,12 +149,7 @@ def predict_inputs(segmenter: Segmenter, inputs: list[InputCase], output: Path, 
             said = [str(w.message) for w in caught if issubclass(w.category, InputWarning)]
             if said:
                 summary.warnings[case.name] = said
-            if output_format == "dicom-seg":
-                from medseg.inference.dicom_seg import write_dicom_seg
-                write_dicom_seg(result.labels, result.source_files, segmenter.label_names, target,
-                                dataset=segmenter.plan.dataset, model_sha256=segmenter.model_sha256)
-            else:
-                save_labels(result, target)
+            _write_output(result, segmenter, target, output_format)
             if save_probabilities:
                 probs = result.probabilities.astype(np.float16)
                 with atomic_path(output / f"{case.name}_probabilities.npz", suffix=".npz") as tmp:
