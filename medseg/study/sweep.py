@@ -246,6 +246,19 @@ def child_environment(slot: int, jobs: int, cpus: int | None = None, gpus: int |
     return env
 
 
+def keep_priority(pid: int) -> None:
+    """Give a child started in its own session the sweep's own niceness on Linux's autogroup
+    scheduler: there a new session is a new scheduling group at nice 0, so ``nice -n 19 medseg
+    sweep`` would otherwise leave its children competing at full priority with everything else.
+    Does nothing elsewhere or when not permitted."""
+    niceness = os.nice(0)
+    if niceness > 0:
+        try:
+            Path(f"/proc/{pid}/autogroup").write_text(str(niceness))
+        except OSError:
+            pass
+
+
 def run_local(tasks: list[Task], jobs: int, log: Log) -> tuple[dict[str, int], str | None]:
     """Run the tasks as subprocesses, at most ``jobs`` at once, each in its own session.
 
@@ -271,8 +284,10 @@ def run_local(tasks: list[Task], jobs: int, log: Log) -> tuple[dict[str, int], s
                 slot = min(set(range(max(1, jobs))) - set(running))
                 task = pending.pop(0)
                 log(task.note)
-                running[slot] = (task, subprocess.Popen(task.cmd, stdout=subprocess.DEVNULL, start_new_session=True,
-                                                        env=child_environment(slot, jobs)), time.perf_counter())
+                proc = subprocess.Popen(task.cmd, stdout=subprocess.DEVNULL, start_new_session=True,
+                                        env=child_environment(slot, jobs))
+                keep_priority(proc.pid)
+                running[slot] = (task, proc, time.perf_counter())
             if not running:
                 break
             time.sleep(0.2)
