@@ -112,6 +112,10 @@ def train(
     table.add_row("mean", _fmt(sum(result.val_dice.values()) / len(result.val_dice)), "")
     out.print(table)
     out.print(f"model: {result.model_dir}\nMLflow run: {result.run_id}")
+    if result.registered:
+        alias = cfg.tracking.register_alias
+        out.print(f"registered: {result.registered}" + (f" (models:/{cfg.tracking.register_model}@{alias})"
+                                                         if alias else ""))
 
 
 @app.command()

@@ -74,6 +74,11 @@ class MedsegPyfuncModel(PythonModel):
     volume. The device is CUDA when available (``MEDSEG_DEVICE`` overrides it), else CPU.
     """
 
+    # The input is checked against the logged signature (a dict of tensors), not by MLflow's
+    # type-hint validation, which cannot express it; without this MLflow warns at every load that
+    # predict has no type hints (MLflow skips that validation for classes with this attribute).
+    _skip_type_hint_validation = True
+
     def load_context(self, context) -> None:
         """Load the model directory artifact with medseg's safe loader.
 

@@ -81,6 +81,8 @@ class TrainingResult:
         val_dice: per label name, Dice of the best model on the validation fold.
         val_hd95: per label name, HD95 in mm of the best model (NaN if not computed).
         history: per-epoch metrics.
+        mlflow_model: the logged MLflow Model's URI (``models:/m-...``), if ``tracking.log_model``.
+        registered: the registered version's URI (``models:/NAME/VERSION``), with ``--register``.
     """
 
     run_id: str
@@ -91,6 +93,8 @@ class TrainingResult:
     val_dice: dict[str, float]
     val_hd95: dict[str, float]
     history: list[dict] = field(default_factory=list)
+    mlflow_model: str | None = None
+    registered: str | None = None
 
 
 def select_device(name: str) -> torch.device:
@@ -583,15 +587,17 @@ def _finish(ctx: RunContext, validator: Validator, state: TrainState) -> Trainin
     if cfg.validation.batch_stats and ctx.batch_statistics:
         gap = validator.batch_stats_gap(summary[BEST_DICE_MEAN], tta=cfg.validation.tta)
         summary.update({f"best_{k}": v for k, v in gap.items()})
-    if ctx.info.is_main:
-        _write_outputs(ctx, validator.network, final, summary, state)
+    uris = _write_outputs(ctx, validator.network, final, summary, state) if ctx.info.is_main else (None, None)
     return TrainingResult(run_id=ctx.tracker.run_id, run_dir=ctx.run_dir, model_dir=ctx.run_dir / "model",
                           best_dice=state.best_val_dice_mean, best_epoch=state.best_epoch, val_dice=val_dice,
-                          val_hd95=val_hd95, history=state.history)
+                          val_hd95=val_hd95, history=state.history, mlflow_model=uris[0], registered=uris[1])
 
 
-def _write_outputs(ctx: RunContext, network: torch.nn.Module, final: dict, summary: dict, state: TrainState) -> None:
-    """Log the summary metrics, write and log the plots, the per-case JSON and the model directory."""
+def _write_outputs(ctx: RunContext, network: torch.nn.Module, final: dict, summary: dict,
+                   state: TrainState) -> tuple[str | None, str | None]:
+    """Log the summary metrics, write and log the plots, the per-case JSON and the model directory;
+    log it as an MLflow Model and register it as configured. Returns (logged model URI, registered
+    version URI), None where not done."""
     cfg, plan, tracker, run_dir = ctx.cfg, ctx.plan, ctx.tracker, ctx.run_dir
     tracker.log_metrics(summary, step=state.best_epoch)
     tracker.set_tags({"best_epoch": state.best_epoch})
@@ -610,10 +616,9 @@ def _write_outputs(ctx: RunContext, network: torch.nn.Module, final: dict, summa
         "sliding_window": {"overlap": cfg.validation.overlap, "sw_batch_size": cfg.validation.sw_batch_size}})
     tracker.log_artifacts(run_dir / "model", "model")
     t = cfg.tracking
-    if t.log_model:
-        model_uri = tracker.log_model(run_dir / "model", plan.in_channels)
-        ctx.log(f"MLflow Model {model_uri} (also runs:/{tracker.run_id}/{LOGGED_MODEL_NAME})")
-        if t.register_model:
-            version = tracker.register_model(model_uri, t.register_model, t.register_alias)
-            ctx.log(f"registered as {version}" + (f", alias models:/{t.register_model}@{t.register_alias}"
-                                                  if t.register_alias else ""))
+    if not t.log_model:
+        return None, None
+    model_uri = tracker.log_model(run_dir / "model", plan.in_channels)
+    ctx.log(f"MLflow Model {model_uri} (also runs:/{tracker.run_id}/{LOGGED_MODEL_NAME})")
+    version = tracker.register_model(model_uri, t.register_model, t.register_alias) if t.register_model else None
+    return model_uri, version
