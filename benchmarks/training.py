@@ -38,7 +38,7 @@ def medseg_runner(norm: str, batch_size: int, iterations: int, device: torch.dev
     from medseg.models import NetworkSpec, build_unet
     from medseg.plan import make_plan
     from medseg.training.distributed import DistInfo, rank_indices
-    from medseg.training.loop import dice_ce_loss, train_epoch
+    from medseg.training.loop import Step, dice_ce_loss, train_epoch
     from medseg.training.optim import build_optimizer, build_scheduler
     from medseg.training.patch_stream import EpochPatchStream
 
@@ -53,12 +53,12 @@ def medseg_runner(norm: str, batch_size: int, iterations: int, device: torch.dev
     stream = EpochPatchStream(cache["volumes"], mt.patch_sampling_and_augmentation(plan), iterations * batch_size, 0)
     opt = build_optimizer(net.parameters(), "sgd", 0.01)
     sched = build_scheduler(opt, iterations)
-    loss_fn = dice_ce_loss()
+    step = Step(dice_ce_loss(), opt, sched, device, grad_clip=12.0)
 
     def run(epoch: int) -> float:
         loader = DataLoader(stream, batch_size=batch_size,
                             sampler=rank_indices(epoch, iterations * batch_size, 0, batch_size, DistInfo()))
-        return train_epoch(net, loader, loss_fn, opt, sched, device=device, grad_clip=12.0)["seconds_per_iteration"]
+        return train_epoch(net, loader, step)["seconds_per_iteration"]
     return run
 
 

@@ -71,25 +71,14 @@ def train(
     from medseg.config import check_resume_overrides, load_config
     from medseg.training.run import find_run_dir, run_training
 
-    overrides = list(set_)
-    if data is not None:
-        overrides.append(f"data.root={data}")
-    if fold is not None:
-        overrides.append(f"data.fold={fold}")
-    if experiment:
-        overrides.append(f"tracking.experiment={experiment}")
-    if deterministic:
-        overrides.append("train.deterministic=true")
-    if register:
-        overrides.append(f"tracking.register_model={register}")
-    if alias:
-        if not register:
-            raise MedsegError("--alias names the registered version: use it with --register NAME", "--alias")
-        overrides.append(f"tracking.register_alias={alias}")
     if offline:
         tracking_uri = f"sqlite:///{Path('mlflow.db').resolve()}"
-    if tracking_uri:
-        overrides.append(f"tracking.tracking_uri={tracking_uri}")
+    overrides = list(set_) + _option_overrides({
+        "data.root": data, "data.fold": fold, "tracking.experiment": experiment,
+        "train.deterministic": "true" if deterministic else None, "tracking.register_model": register,
+        "tracking.register_alias": alias, "tracking.tracking_uri": tracking_uri})
+    if alias and not register:
+        raise MedsegError("--alias names the registered version: use it with --register NAME", "--alias")
     resume_dir = None
     if resume:
         if config is not None:
@@ -103,8 +92,17 @@ def train(
     cfg = load_config(config, overrides)
     result = run_training(cfg, resume_dir=resume_dir, progress=silent if quiet else rich_progress,
                           log=(lambda s: None) if quiet else _say)
-    if int(os.environ.get("RANK", "0")) != 0:
-        return  # under torchrun, rank 0 reports
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 reports
+        _print_training_result(cfg, result)
+
+
+def _option_overrides(values: dict) -> list[str]:
+    """``section.key=value`` overrides for the command-line options that were given (not None)."""
+    return [f"{key}={value}" for key, value in values.items() if value is not None and value != ""]
+
+
+def _print_training_result(cfg, result) -> None:
+    """The validation table, the model folder, the MLflow run and the registered version."""
     table = Table(title=f"Validation, fold {cfg.data.fold} (best epoch {result.best_epoch + 1})")
     table.add_column("label"), table.add_column("Dice"), table.add_column("HD95 (mm)")
     for name, d in result.val_dice.items():
@@ -296,23 +294,28 @@ def sweep(
     interrupted one resumes from its checkpoint.
     """
     from medseg.config import load_config
-    from medseg.study.report import build_report
     from medseg.study.sweep import SweepSpec, run_sweep
 
     given = [(k, v) for k, v in (("samples", budget_samples), ("iterations", budget_iterations),
                                  ("minutes", budget_minutes)) if v is not None]
     if len(given) > 1:
         raise MedsegError("give at most one of --budget-samples, --budget-iterations, --budget-minutes", "medseg sweep")
-    overrides = list(set_) + ([f"data.root={data}"] if data else []) + ([f"data.fold={fold}"] if fold is not None else [])
-    overrides += [f"tracking.experiment={experiment}"] if experiment else []
-    overrides += [f"tracking.tracking_uri={tracking_uri}"] if tracking_uri else []
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, list(set_) + _option_overrides({
+        "data.root": data, "data.fold": fold, "tracking.experiment": experiment, "tracking.tracking_uri": tracking_uri}))
     kind, value = given[0] if given else ("samples", cfg.train.epochs * cfg.train.iterations_per_epoch * cfg.train.batch_size)
     spec = SweepSpec(norms=_csv(norms, str, "--norms"), batch_sizes=_csv(batch_sizes, int, "--batch-sizes"),
                      seeds=tuple(range(seeds)), budget=kind, budget_value=float(value), lr_rule=lr_rule,
                      evaluations=evaluations)
     sid, parent_id, status = run_sweep(cfg, spec, sweep_id=sweep_id, log=_say, jobs=jobs, executor=executor,
                                        slurm_partition=slurm_partition, timeout_min=timeout_min)
+    _sweep_report(cfg, sid, parent_id, status, report_dir, tracking_uri, plateau_delta)
+
+
+def _sweep_report(cfg, sid: str, parent_id: str, status: dict, report_dir: Path | None, tracking_uri: str | None,
+                  plateau_delta: float) -> None:
+    """Report a sweep that ran: the summary table, or why there is none; the failed children (exit 1)."""
+    from medseg.study.report import build_report
+
     folder = report_dir or Path(cfg.output_dir) / "sweeps" / sid / "report"
     failed = {k: v for k, v in status.items() if v.startswith("failed")}
     if len(failed) < len(status):  # a report needs at least one finished child

@@ -21,7 +21,7 @@ def per_class_metrics(pred: np.ndarray | torch.Tensor, ref: np.ndarray | torch.T
     """Dice and HD95 (mm) for each foreground class of one case.
 
     Args:
-        pred, ref: integer label volumes (X, Y, Z) on the same grid.
+        pred, ref: integer label volumes on the same grid: (D, H, W) or an input's (X, Y, Z).
         num_classes: classes including background.
         spacing: voxel size in mm per axis (for HD95); ``None`` = 1 mm.
         hd95: also compute HD95 (slower).

@@ -34,7 +34,7 @@ def learning_curve(history: list[dict], path: str | Path, labels: dict[int, str]
 def overlay_slices(image: np.ndarray, reference: np.ndarray, prediction: np.ndarray, path: str | Path,
                    title: str = "", num_slices: int = 3) -> Path:
     """Axial slices (last axis) through the reference foreground: image with the reference (left
-    column) and the prediction (right column) overlaid. Arrays are (X, Y, Z)."""
+    column) and the prediction (right column) overlaid. Arrays are (D, H, W)."""
     fg = np.nonzero(reference.reshape(-1, reference.shape[-1]).any(0))[0]
     zs = np.linspace(fg.min(), fg.max(), num_slices + 2)[1:-1].round().astype(int) if fg.size else \
         np.linspace(0, reference.shape[-1] - 1, num_slices).round().astype(int)

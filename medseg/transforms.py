@@ -46,8 +46,8 @@ def _nifti_loader(keys) -> T.LoadImaged:
 def preprocessing(plan: Plan, keys: tuple[str, ...] = ("image", "label")) -> T.Compose:
     """Deterministic preprocessing of a ``{"image": path, "label": path}`` dict.
 
-    Output: ``image`` float32 MetaTensor (C, X, Y, Z) in RAS at ``plan.target_spacing`` mm;
-    ``label`` (1, X, Y, Z) on the same grid (nearest-neighbour). Every step is invertible
+    Output: ``image`` float32 MetaTensor (C, D, H, W) in RAS at ``plan.target_spacing`` mm;
+    ``label`` (1, D, H, W) on the same grid (nearest-neighbour). Every step is invertible
     (MONAI records it), which inference uses to map predictions back to the input grid.
     """
     has_label = "label" in keys

@@ -12,7 +12,7 @@ from medseg.errors import ConfigError
 from medseg.precision import autocast, effective_amp, native_cpu_bf16
 from medseg.models import NetworkSpec, build_unet
 from medseg.plan import make_plan
-from medseg.training.loop import dice_ce_loss, train_epoch
+from medseg.training.loop import Step, dice_ce_loss, train_epoch
 from medseg.training.optim import build_optimizer, build_scheduler
 from medseg.training.patch_stream import DeviceAugmentation, EpochPatchStream
 from tests.conftest import ROOT, SAMPLE
@@ -98,8 +98,7 @@ def test_compiled_training_step_matches_eager():
         net = build_unet(net_spec)
         opt = build_optimizer(net.parameters(), "sgd", 0.01)
         model = torch.compile(net) if compiled else net
-        stats = train_epoch(model, batch * 2, dice_ce_loss(), opt, build_scheduler(opt, 2),
-                            device=torch.device("cpu"), amp="none")
+        stats = train_epoch(model, batch * 2, Step(dice_ce_loss(), opt, build_scheduler(opt, 2), torch.device("cpu")))
         losses.append(stats["train_loss"])
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # compiled, not an eager fallback

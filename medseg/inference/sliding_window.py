@@ -28,13 +28,13 @@ def predict_probabilities(network: torch.nn.Module, image: torch.Tensor, inferer
 
     Args:
         network: in eval mode, on the device to run on.
-        image: (N, C, X, Y, Z) float tensor, any spatial size (padded internally as needed).
+        image: (N, C, D, H, W) float tensor on the preprocessed grid, any spatial size (padded internally as needed).
         inferer: from :func:`make_inferer`.
         amp: ``"bf16" | "fp16" | "none"`` (see :func:`medseg.precision.effective_amp`).
         tta: average the softmax over all 8 combinations of mirroring along the 3 spatial axes.
 
     Returns:
-        (N, K, X, Y, Z) float32 probabilities on the network's device.
+        (N, K, D, H, W) float32 probabilities on the network's device.
     """
     device = next(network.parameters()).device
     image = image.to(device)

@@ -26,7 +26,7 @@ def training_memory_bytes(filters: list[int], strides: list, patch_size, batch_s
 
     Args:
         filters: channels per level; strides: per level (int or per-axis triple).
-        patch_size: (X, Y, Z) voxels; batch_size: patches per iteration.
+        patch_size: (D, H, W) voxels; batch_size: patches per iteration.
         bytes_per_value: 4 for float32 (a lower bound under bf16/fp16 autocast too, which keeps
             float32 copies).
     """

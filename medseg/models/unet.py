@@ -68,9 +68,9 @@ def build_unet(spec: NetworkSpec, seed: int | None = None) -> torch.nn.Module:
     in a forked RNG, which leaves the global one as it was). Norm layers draw nothing (their affines
     start at 1 and 0), so every norm gets the same initial convolution weights for one seed.
 
-    Input (N, in_channels, X, Y, Z) with each spatial size a multiple of the product of the
-    strides; output logits (N, out_channels, X, Y, Z). With deep supervision, in training mode
-    the output is (N, 1 + deep_supr_num, out_channels, X, Y, Z).
+    Input (N, in_channels, D, H, W) with each spatial size a multiple of the product of the
+    strides; output logits (N, out_channels, D, H, W). With deep supervision, in training mode
+    the output is (N, 1 + deep_supr_num, out_channels, D, H, W).
 
     Raises:
         ConfigError: unknown norm, or channel counts incompatible with ``num_groups``.

@@ -349,6 +349,20 @@ def build_report(tracking_uri: str, experiment: str, folder: Path, sweep_id: str
     pairwise = pairwise_table(_dice_by_cell(rows), list(NORM_ORDER))
     choice = which_norm(summary, pairwise)
     folder = Path(folder)
+    _write_csvs(folder, rows, summary, pairwise)
+    converged = sum(r["converged"] for r in rows)
+    text = _report_markdown(sweep_id, experiment, parent, rows, summary, pairwise, choice, plateau_delta)
+    atomic_write_text(folder / "summary.md", text)
+    plot_report(rows, summary, folder)
+    if log_to_parent:
+        client.log_artifacts(parent.info.run_id, str(folder), "report")
+        _log_tables(client, parent.info.run_id, summary, pairwise, choice)
+    return {"sweep_id": sweep_id, "parent_run_id": parent.info.run_id, "rows": rows, "summary": summary,
+            "pairwise": pairwise, "which_norm": choice, "converged": converged, "folder": folder}
+
+
+def _write_csvs(folder: Path, rows: list[dict], summary: list[dict], pairwise: list[Comparison]) -> None:
+    """runs.csv, cases.csv, summary.csv and pairwise.csv in ``folder`` (created)."""
     folder.mkdir(parents=True, exist_ok=True)
     write_csv([{k: v for k, v in r.items() if k not in ("curve", "cases")} for r in rows], folder / "runs.csv")
     write_csv([{"run_id": r["run_id"], "norm": r["norm"], "batch_size": r["batch_size"], "seed": r["seed"],
@@ -356,6 +370,11 @@ def build_report(tracking_uri: str, experiment: str, folder: Path, sweep_id: str
               folder / "cases.csv")
     write_csv(summary, folder / "summary.csv")
     write_csv([c.to_dict() for c in pairwise], folder / "pairwise.csv")
+
+
+def _report_markdown(sweep_id: str, experiment: str, parent, rows: list[dict], summary: list[dict],
+                     pairwise: list[Comparison], choice: list[dict], plateau_delta: float) -> str:
+    """summary.md: convergence, design, which norm at which batch size, the tables."""
     converged = sum(r["converged"] for r in rows)
     p = parent.data.params
     status = (f"**All {len(rows)} children converged** (last validation gain ≤ {plateau_delta:g} mean Dice)."
@@ -380,13 +399,7 @@ def build_report(tracking_uri: str, experiment: str, folder: Path, sweep_id: str
             "\n## Batch dependence of the trained networks\n\nLargest absolute logit difference between a "
             "validation patch inferred alone and inside a batch of 5, float32, mean over seeds.\n\n"
             + batch_dependence_markdown(summary))
-    atomic_write_text(folder / "summary.md", text)
-    plot_report(rows, summary, folder)
-    if log_to_parent:
-        client.log_artifacts(parent.info.run_id, str(folder), "report")
-        _log_tables(client, parent.info.run_id, summary, pairwise, choice)
-    return {"sweep_id": sweep_id, "parent_run_id": parent.info.run_id, "rows": rows, "summary": summary,
-            "pairwise": pairwise, "which_norm": choice, "converged": converged, "folder": folder}
+    return text
 
 
 def _log_tables(client, run_id: str, summary: list[dict], pairwise: list[Comparison], choice: list[dict]) -> None:

@@ -404,7 +404,32 @@ def run_sweep(base: Config, spec: SweepSpec, *, sweep_dir: Path | None = None, s
     (sweep_dir / "sweep.json").write_text(json.dumps({"sweep_id": sweep_id, "parent_run_id": parent.run_id,
                                                      "tracking_uri": uri, "experiment": base.tracking.experiment,
                                                      **spec.to_dict()}, indent=1))
-    client, status, timings = parent.client, {}, {}
+    tasks, status = _tasks(base, spec, sweep_id, sweep_dir, parent, dataset, python, log)
+    if executor == "local":
+        codes, interrupted = run_local(tasks, jobs, log)
+    else:
+        codes, interrupted = run_submitit(
+            tasks, jobs, log, sweep_dir / "submitit", cluster="local" if executor == "submitit-local" else "slurm",
+            timeout_min=timeout_min, slurm_partition=slurm_partition,
+            gpus_per_child=0 if base.train.device == "cpu" or executor == "submitit-local" else 1)
+    for key, code in codes.items():
+        status[key] = "finished" if code == 0 else f"failed (exit {code})"
+    if interrupted:
+        parent.end("KILLED")
+        raise SweepInterrupted(f"{interrupted} received; the running children saved a checkpoint. Run the same "
+                               f"command again to continue sweep {sweep_id}", sweep_dir)
+    failed = [k for k, v in status.items() if v.startswith("failed")]
+    parent.set_tags({"medseg.failed_children": ",".join(failed) or "none"})
+    parent.end("FINISHED")
+    return sweep_id, parent.run_id, status
+
+
+def _tasks(base: Config, spec: SweepSpec, sweep_id: str, sweep_dir: Path, parent: Tracker, dataset, python: str,
+           log: Log) -> tuple[list[Task], dict[str, str]]:
+    """The command of each child still to run (a resume where its last run left a checkpoint, else a
+    new run with its config written to ``sweep_dir/configs``), and ``"skipped"`` for finished ones.
+    Earlier runs that cannot be continued are tagged ``medseg.superseded`` (and marked KILLED)."""
+    client, status, timings, uri = parent.client, {}, {}, base.tracking.tracking_uri
     children = spec.children()
     earlier: dict[str, list] = {}  # runs of earlier attempts, by child key (only this process adds runs now)
     for r in _find_runs(client, parent.experiment_id, sweep_id, "child"):
@@ -441,20 +466,4 @@ def run_sweep(base: Config, spec: SweepSpec, *, sweep_dir: Path | None = None, s
             note = (f"{cfg.train.epochs * cfg.train.iterations_per_epoch} iterations at batch size "
                     f"{child.batch_size}, lr {cfg.train.lr:.3g}" + (f" (measured {seconds:.3f} s/it)" if seconds else ""))
         tasks.append(Task(child.key, cmd, f"[{i}/{len(children)}] {child.key}: {note}"))
-    if executor == "local":
-        codes, interrupted = run_local(tasks, jobs, log)
-    else:
-        codes, interrupted = run_submitit(
-            tasks, jobs, log, sweep_dir / "submitit", cluster="local" if executor == "submitit-local" else "slurm",
-            timeout_min=timeout_min, slurm_partition=slurm_partition,
-            gpus_per_child=0 if base.train.device == "cpu" or executor == "submitit-local" else 1)
-    for key, code in codes.items():
-        status[key] = "finished" if code == 0 else f"failed (exit {code})"
-    if interrupted:
-        parent.end("KILLED")
-        raise SweepInterrupted(f"{interrupted} received; the running children saved a checkpoint. Run the same "
-                               f"command again to continue sweep {sweep_id}", sweep_dir)
-    failed = [k for k, v in status.items() if v.startswith("failed")]
-    parent.set_tags({"medseg.failed_children": ",".join(failed) or "none"})
-    parent.end("FINISHED")
-    return sweep_id, parent.run_id, status
+    return tasks, status

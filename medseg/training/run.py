@@ -48,7 +48,7 @@ from medseg.progress import ProgressFn, silent
 from medseg.signals import StopRequest, stop_on_signals
 from medseg.tracking import RankTracker, Tracker, existing_store, resolve_tracking_uri
 from medseg.training import distributed as dist
-from medseg.training.loop import dice_ce_loss, train_epoch
+from medseg.training.loop import Step, dice_ce_loss, train_epoch
 from medseg.training.optim import build_optimizer, build_scheduler, poly_lr_factor
 from medseg.training.patch_stream import (
     DeviceAugmentation,
@@ -409,20 +409,16 @@ class Parts:
     Attributes:
         network: the plain network (its weights are what is saved). model: what the loop calls
         (``network`` wrapped in DDP and/or ``torch.compile`` as configured). loader, sampler: the
-        patch DataLoader and the sampler that gives it each epoch's stream indices. loss_fn,
-        optimizer, scheduler, scaler: the optimization. device_augment: augmentation on the device,
-        or None. validator: the validation (:class:`~medseg.training.validation.Validator`).
+        patch DataLoader and the sampler that gives it each epoch's stream indices. step: the
+        optimization step (loss, optimizer, schedule, precision, augmentation on the device).
+        validator: the validation (:class:`~medseg.training.validation.Validator`).
     """
 
     network: torch.nn.Module
     model: torch.nn.Module
     loader: DataLoader | None
     sampler: EpochSampler
-    loss_fn: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler | None
-    device_augment: DeviceAugmentation | None
+    step: Step
     validator: Validator
 
 
@@ -443,9 +439,9 @@ def _build(ctx: RunContext, network: torch.nn.Module, train_items: list[dict], v
     scheduler = build_scheduler(optimizer, t.epochs * t.iterations_per_epoch, t.warmup_epochs * t.iterations_per_epoch,
                                 t.poly_exponent)
     inferer = make_inferer(ctx.plan.patch_size, cfg.validation.overlap, cfg.validation.sw_batch_size)
-    return Parts(network, model, loader, sampler, dice_ce_loss(), optimizer, scheduler, grad_scaler(device, ctx.amp),
-                 DeviceAugmentation(stream) if cfg.augment.on_device else None,
-                 Validator(network, val_volumes, inferer, ctx.plan, ctx.amp, info))
+    step = Step(dice_ce_loss(), optimizer, scheduler, device, ctx.amp, grad_scaler(device, ctx.amp), t.grad_clip,
+                t.channels_last, DeviceAugmentation(stream) if cfg.augment.on_device else None)
+    return Parts(network, model, loader, sampler, step, Validator(network, val_volumes, inferer, ctx.plan, ctx.amp, info))
 
 
 def _fit(ctx: RunContext, network: torch.nn.Module, parts: Parts,
@@ -484,7 +480,7 @@ def _start_state(ctx: RunContext, parts: Parts, resumed: tuple[TrainState, dict]
     if resumed is None:
         return TrainState(mlflow_run_id=ctx.tracker.run_id, seed=ctx.cfg.seed)
     state, weights = resumed
-    restore(weights, parts.network, parts.optimizer, parts.scheduler, parts.scaler)
+    restore(weights, parts.network, parts.step.optimizer, parts.step.scheduler, parts.step.scaler)
     last = state.history[-1] if state.history else None
     if last is not None and not ctx.tracker.has_metric(TRAIN_LOSS, last[EPOCH]):
         ctx.tracker.log_metrics({k: v for k, v in last.items() if k != EPOCH}, step=last[EPOCH])
@@ -517,13 +513,11 @@ def _train_epoch(ctx: RunContext, parts: Parts, state: TrainState, epoch: int, s
             save_mid_epoch(ls)
 
     try:
-        stats = train_epoch(parts.model, parts.loader, parts.loss_fn, parts.optimizer, parts.scheduler,
-                            device=ctx.device, amp=ctx.amp, scaler=parts.scaler, grad_clip=t.grad_clip,
-                            progress=ctx.progress, description=f"epoch {epoch + 1}/{t.epochs}", losses=losses,
-                            should_stop=lambda: dist.any_rank(bool(stop), info), after_iteration=after_iteration,
-                            channels_last=t.channels_last, device_augment=parts.device_augment)
+        stats = train_epoch(parts.model, parts.loader, parts.step, progress=ctx.progress,
+                            description=f"epoch {epoch + 1}/{t.epochs}", losses=losses,
+                            should_stop=lambda: dist.any_rank(bool(stop), info), after_iteration=after_iteration)
     except torch.OutOfMemoryError:
-        parts.optimizer.zero_grad(set_to_none=True)
+        parts.step.optimizer.zero_grad(set_to_none=True)
         save_mid_epoch(losses)
         raise MedsegError(f"out of {ctx.device.type} memory at batch size {t.batch_size}, patch "
                           f"{ctx.plan.patch_size}: lower train.batch_size or sampling.patch_size. A checkpoint was "
@@ -560,8 +554,8 @@ def _epoch_line(ctx: RunContext, row: dict) -> str:
 def _save_last(ctx: RunContext, parts: Parts, state: TrainState) -> None:
     """``checkpoints/last.pt`` from rank 0."""
     if ctx.info.is_main:
-        save_training_state(ctx.checkpoints / LAST_CHECKPOINT, state, parts.network, parts.optimizer,
-                            parts.scheduler, parts.scaler)
+        save_training_state(ctx.checkpoints / LAST_CHECKPOINT, state, parts.network, parts.step.optimizer,
+                            parts.step.scheduler, parts.step.scaler)
 
 
 def _save_best(ctx: RunContext, network: torch.nn.Module, epoch: int, dice: float) -> None:

@@ -10,7 +10,7 @@ import time
 import torch
 
 from medseg.precision import grad_scaler
-from medseg.training.loop import dice_ce_loss, training_step
+from medseg.training.loop import Step, dice_ce_loss, training_step
 from medseg.training.optim import build_optimizer
 
 
@@ -40,12 +40,11 @@ def time_training_step(network: torch.nn.Module, patch_size: tuple[int, int, int
         network = network.to(memory_format=torch.channels_last_3d)
         image = image.contiguous(memory_format=torch.channels_last_3d)
     model = torch.compile(network) if compile else network
-    loss_fn = dice_ce_loss()
-    optimizer = build_optimizer(network.parameters(), "sgd", lr)
-    scaler = grad_scaler(device, amp)
+    settings = Step(dice_ce_loss(), build_optimizer(network.parameters(), "sgd", lr), None, device, amp,
+                    grad_scaler(device, amp))
 
     def step():
-        training_step(model, image, label, loss_fn, optimizer, device=device, amp=amp, scaler=scaler)
+        training_step(model, image, label, settings)
 
     for _ in range(warmup):
         step()

@@ -36,35 +36,6 @@ def case_dice_key(case_id: str, label: str) -> str:
     return f"{FINAL_CASE_DICE}/{mlflow_key(case_id, allow_slash=False)}/{mlflow_key(label, allow_slash=False)}"
 
 
-@torch.no_grad()
-def validate(network, volumes: list[dict], inferer, *, num_classes: int, spacing, amp: str = "none",
-             hd95: bool = False, progress: ProgressFn = silent, keep_first: bool = False, tta: bool = False) -> dict:
-    """Sliding-window prediction of whole preprocessed validation volumes and their metrics.
-
-    Args:
-        volumes: dicts with ``image`` (C, D, H, W), ``label`` (1, D, H, W) and ``case_id``.
-        spacing: voxel size in mm of the preprocessed grid (for HD95).
-        tta: mirroring test-time augmentation (8 flips).
-
-    Returns:
-        ``{"per_class": {label: {"dice", "hd95"}}, "cases": [{case_id, label: {...}}],
-        "first": (image, reference, prediction) numpy arrays of the first case if keep_first}``.
-    """
-    network.eval()
-    rows, cases, first = [], [], None
-    for vol in progress(volumes, "validate", len(volumes)):
-        image = torch.as_tensor(vol["image"])[None].float()
-        prob = predict_probabilities(network, image, inferer, amp=amp, tta=tta)
-        pred = prob.argmax(1)[0].cpu().numpy()
-        ref = np.asarray(torch.as_tensor(vol["label"])[0]).astype(np.int64)
-        m = per_class_metrics(pred, ref, num_classes, spacing=spacing, hd95=hd95)
-        rows.append(m)
-        cases.append({"case_id": vol.get("case_id", ""), **m})
-        if keep_first and first is None:
-            first = (np.asarray(torch.as_tensor(vol["image"])[0]), ref, pred)
-    return {"per_class": summarize(rows), "cases": cases, "first": first}
-
-
 class Validator:
     """Sliding-window validation of ``network`` on the preprocessed validation ``volumes``.
 
@@ -82,16 +53,43 @@ class Validator:
             network, volumes, inferer, plan, amp, info)
         self._latest: tuple[int, dict] | None = None  # (epoch, result) of the latest epoch validation
 
-    def run(self, **kwargs) -> dict:
-        """:func:`validate` on this rank's share; every rank gets all cases."""
+    def run(self, *, hd95: bool = False, progress: ProgressFn = silent, keep_first: bool = False,
+            tta: bool = False) -> dict:
+        """Sliding-window prediction of this rank's share of the volumes and its metrics; under DDP
+        every rank gets all cases' metrics.
+
+        Args:
+            hd95: also compute HD95 (mm, on the preprocessed grid).
+            keep_first: also return the first case's image, reference and prediction (for a plot).
+            tta: mirroring test-time augmentation (8 flips).
+
+        Returns:
+            ``{"per_class": {label: {"dice", "hd95"}}, "cases": [{case_id, label: {...}}],
+            "first": (image, reference, prediction) (D, H, W) numpy arrays, or None}``.
+        """
         info = self.info
-        val = validate(self.network, self.volumes[info.rank::info.world_size], self.inferer,
-                       num_classes=self.plan.num_classes, spacing=self.plan.target_spacing, amp=self.amp, **kwargs)
+        val = self._score(self.volumes[info.rank::info.world_size], hd95, progress, keep_first, tta)
         if not info.enabled:
             return val
         cases = [c for part in dist.gather(val["cases"], info) for c in part]
         return {"per_class": summarize([{k: v for k, v in c.items() if k != "case_id"} for c in cases]),
                 "cases": cases, "first": val["first"]}
+
+    @torch.no_grad()
+    def _score(self, volumes: list[dict], hd95: bool, progress: ProgressFn, keep_first: bool, tta: bool) -> dict:
+        self.network.eval()
+        rows, cases, first = [], [], None
+        for vol in progress(volumes, "validate", len(volumes)):
+            image = torch.as_tensor(vol["image"])[None].float()
+            prob = predict_probabilities(self.network, image, self.inferer, amp=self.amp, tta=tta)
+            pred = prob.argmax(1)[0].cpu().numpy()
+            ref = np.asarray(torch.as_tensor(vol["label"])[0]).astype(np.int64)
+            m = per_class_metrics(pred, ref, self.plan.num_classes, spacing=self.plan.target_spacing, hd95=hd95)
+            rows.append(m)
+            cases.append({"case_id": vol.get("case_id", ""), **m})
+            if keep_first and first is None:
+                first = (np.asarray(torch.as_tensor(vol["image"])[0]), ref, pred)
+        return {"per_class": summarize(rows), "cases": cases, "first": first}
 
     def dice_by_label(self, val: dict) -> tuple[dict[str, float], float]:
         """Dice per foreground label name, and their mean, from a :meth:`run` result."""
