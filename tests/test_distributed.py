@@ -71,7 +71,7 @@ def test_torchrun_two_processes_sync_bn_sigterm_and_resume(tmp_path):
     proc = _torchrun(tmp_path, uri, "--config", str(ROOT / "configs/demo.yaml"), "--data", str(SAMPLE),
                      "--set", f"output_dir={tmp_path / 'runs'}", "--set", f"data.cache_dir={tmp_path / 'cache'}",
                      "--set", "model.norm=batch", "--set", "train.epochs=4", "--set", "train.iterations_per_epoch=3",
-                     "--set", "validation.every_n_epochs=1", "--set", "validation.hd95=false")
+                     "--set", "validation.every_n_epochs=1", "--set", "validation.hd95=false", "--set", "tracking.log_model=false")
     t0 = time.time()
     while not list((tmp_path / "runs").glob("*/checkpoints/last.pt")):  # the end of epoch 1
         assert proc.poll() is None, proc.communicate()[0][-3000:]

@@ -321,7 +321,7 @@ def _tiny_train(ds: Path, work: Path, *extra) -> subprocess.CompletedProcess:
                   "--tracking-uri", f"sqlite:///{work / 'store.db'}", "--set", f"output_dir={work / 'runs'}",
                   "--set", f"data.cache_dir={work / 'cache'}", "--set", "train.epochs=1",
                   "--set", "train.iterations_per_epoch=2", "--set", "validation.hd95=false",
-                  "--set", "data.num_folds=3", *extra)
+                  "--set", "data.num_folds=3", "--set", "tracking.log_model=false", *extra)
 
 
 def test_label_names_mlflow_refuses_train_and_a_run_name_used_twice_gets_its_own_folder(tmp_path):

@@ -13,7 +13,7 @@ from tests.conftest import ROOT, SAMPLE
 
 SETTINGS = ["--set", "train.epochs=3", "--set", "train.iterations_per_epoch=4", "--set", "validation.every_n_epochs=1",
             "--set", "validation.hd95=false", "--set", "train.checkpoint_every_iterations=2",
-            "--set", "train.deterministic=true"]
+            "--set", "train.deterministic=true", "--set", "tracking.log_model=false"]  # the MLflow Model: test_mlflow_model.py
 
 
 def _train(work, uri, *extra, wait=True):

@@ -24,7 +24,7 @@ def _sweep_args(work, uri):
             "--batch-sizes", "1,2", "--seeds", "1", "--budget-samples", "6", "--evaluations", "2",
             "--experiment", EXPERIMENT, "--tracking-uri", uri, "--sweep-id", "s1",
             "--set", f"output_dir={work / 'runs'}", "--set", f"data.cache_dir={work / 'cache'}",
-            "--set", "validation.hd95=false", "--set", "train.amp=none", "--jobs", "2"]
+            "--set", "validation.hd95=false", "--set", "train.amp=none", "--set", "tracking.log_model=false", "--jobs", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +188,7 @@ def test_a_submitit_sweep_gives_the_same_parent_and_child_runs(tmp_path):
             "--batch-sizes", "2", "--seeds", "1", "--budget-samples", "2", "--evaluations", "1",
             "--experiment", "submitit-test", "--tracking-uri", uri, "--executor", "submitit-local",
             "--set", f"output_dir={tmp_path / 'runs'}", "--set", f"data.cache_dir={tmp_path / 'cache'}",
-            "--set", "validation.hd95=false", "--set", "train.amp=none"]
+            "--set", "validation.hd95=false", "--set", "train.amp=none", "--set", "tracking.log_model=false"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "submitit job" in result.output
