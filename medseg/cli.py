@@ -14,9 +14,10 @@ from rich.table import Table
 
 from medseg import __version__
 from medseg.errors import EXIT_FAILED_CASES, Interrupted, MedsegError
+from medseg.keys import SWEEP_ID_TAG
 from medseg.norm_registry import NORMS
-from medseg.study.rules import PLATEAU_DELTA
 from medseg.progress import rich_progress, silent
+from medseg.study.rules import PLATEAU_DELTA
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="3D U-Net segmentation of CT/MRI volumes with a choice of normalization, tracked in MLflow.")
@@ -129,11 +130,10 @@ def evaluate(
     """Score a model on labelled cases in their original geometry: per-case CSV and a summary table."""
     from medseg.atomic import write_csv
     from medseg.data import read_dataset
+    from medseg.devices import resolve_device
     from medseg.inference.evaluate import evaluate_cases
     from medseg.inference.predictor import Predictor
     from medseg.models.directory import load_model_dir
-
-    from medseg.devices import resolve_device
 
     loaded = load_model_dir(model, device=resolve_device(device))
     spec = read_dataset(data)
@@ -198,7 +198,12 @@ def predict(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Segment volumes; outputs have exactly the input's shape and affine, plus volumes.csv (ml)."""
-    from medseg.inference.batch import check_output_dir, check_output_format, collect_inputs, predict_inputs
+    from medseg.inference.batch import (
+        check_output_dir,
+        check_output_format,
+        collect_inputs,
+        predict_inputs,
+    )
     from medseg.inference.segmenter import Segmenter
     from medseg.tracking import resolve_model_uri
 
@@ -369,7 +374,7 @@ def report(
     uri = existing_store(tracking_uri)
     if output is None:
         _, parent = find_sweep(Tracker.client_for(uri), experiment, sweep_id)
-        output = Path("reports") / parent.data.tags["medseg.sweep_id"]
+        output = Path("reports") / parent.data.tags[SWEEP_ID_TAG]
     result = build_report(uri, experiment, output, sweep_id, log_to_parent=not no_log, plateau_delta=plateau_delta)
     out.print(_summary_table(result))
     out.print(f"report: {output}")

@@ -28,3 +28,12 @@ FINAL_DICE_MEAN = "final_val_dice_mean"  # the final model's (the normalizer stu
 FINAL_CASE_DICE = "final_case_dice"  # final_case_dice/<case id>/<label name>
 BATCH_DEPENDENCE_TRAIN = "final_batch_dependence_train"
 BATCH_DEPENDENCE_EVAL = "final_batch_dependence_eval"
+
+# MLflow tags medseg sets and reads back
+RUN_DIR_TAG = "medseg.run_dir"  # a run's local folder (resume by run id, the sweep's restarts)
+SWEEP_ID_TAG = "medseg.sweep_id"
+SWEEP_ROLE_TAG = "medseg.role"  # "parent" or "child"
+SWEEP_KEY_TAG = "medseg.sweep_key"  # a child's cell: <norm>_bs<batch size>_seed<seed>
+SUPERSEDED_TAG = "medseg.superseded"  # "true" on a child run replaced by a later attempt
+FAILED_CHILDREN_TAG = "medseg.failed_children"
+PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own: nests a run under its parent in the UI

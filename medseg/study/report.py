@@ -32,9 +32,21 @@ import numpy as np
 
 from medseg.atomic import atomic_write_text, write_csv
 from medseg.errors import MedsegError
-from medseg.keys import (BATCH_DEPENDENCE_EVAL, BATCH_DEPENDENCE_TRAIN, BEST_DICE_MEAN, FINAL_CASE_DICE,
-                         FINAL_DICE_MEAN, PATCHES_PER_SECOND, PEAK_MEMORY_MB, SECONDS_PER_ITERATION, TRAIN_LOSS,
-                         VAL_DICE_MEAN)
+from medseg.keys import (
+    BATCH_DEPENDENCE_EVAL,
+    BATCH_DEPENDENCE_TRAIN,
+    BEST_DICE_MEAN,
+    FINAL_CASE_DICE,
+    FINAL_DICE_MEAN,
+    PATCHES_PER_SECOND,
+    PEAK_MEMORY_MB,
+    SECONDS_PER_ITERATION,
+    SUPERSEDED_TAG,
+    SWEEP_ID_TAG,
+    SWEEP_ROLE_TAG,
+    TRAIN_LOSS,
+    VAL_DICE_MEAN,
+)
 from medseg.norm_registry import NORMS
 from medseg.study.rules import PLATEAU_DELTA
 from medseg.study.statistics import Comparison, case_dice, mean_ci, pairwise_table
@@ -59,7 +71,7 @@ def find_sweep(client, experiment: str, sweep_id: str | None = None):
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise MedsegError("no such MLflow experiment", experiment)
-    query = "tags.`medseg.role` = 'parent'" + (f" and tags.`medseg.sweep_id` = '{sweep_id}'" if sweep_id else "")
+    query = f"tags.`{SWEEP_ROLE_TAG}` = 'parent'" + (f" and tags.`{SWEEP_ID_TAG}` = '{sweep_id}'" if sweep_id else "")
     parents = client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
     if not parents:
         raise MedsegError(f"no sweep{' ' + sweep_id if sweep_id else ''} in this experiment", experiment)
@@ -89,11 +101,11 @@ def collect_runs(client, experiment_id: str, sweep_id: str, plateau_delta: float
     """One row per finished child run of the sweep (superseded restarts left out), with its
     learning curve under ``curve`` ([(training patches seen, validation mean Dice)]) and its
     final model's per-case Dice under ``cases`` ({(case, label): Dice})."""
-    runs = client.search_runs([experiment_id], f"tags.`medseg.sweep_id` = '{sweep_id}' and "
-                              "tags.`medseg.role` = 'child' and attributes.status = 'FINISHED'", max_results=5000)
+    runs = client.search_runs([experiment_id], f"tags.`{SWEEP_ID_TAG}` = '{sweep_id}' and "
+                              f"tags.`{SWEEP_ROLE_TAG}` = 'child' and attributes.status = 'FINISHED'", max_results=5000)
     rows = []
     for r in runs:
-        if r.data.tags.get("medseg.superseded") == "true":
+        if r.data.tags.get(SUPERSEDED_TAG) == "true":
             continue
         p, m, run_id = r.data.params, r.data.metrics, r.info.run_id
         bs, ipe = int(p["train.batch_size"]), int(p["train.iterations_per_epoch"])
@@ -341,7 +353,7 @@ def build_report(tracking_uri: str, experiment: str, folder: Path, sweep_id: str
     """
     client = Tracker.client_for(tracking_uri)
     experiment_id, parent = find_sweep(client, experiment, sweep_id)
-    sweep_id = parent.data.tags["medseg.sweep_id"]
+    sweep_id = parent.data.tags[SWEEP_ID_TAG]
     rows = collect_runs(client, experiment_id, sweep_id, plateau_delta)
     if not rows:
         raise MedsegError(f"sweep {sweep_id} has no finished child run yet", experiment)

@@ -36,6 +36,14 @@ from typing import Literal
 
 from medseg.config import Config, config_to_yaml, flatten
 from medseg.errors import ConfigError, Interrupted, MedsegError
+from medseg.keys import (
+    FAILED_CHILDREN_TAG,
+    RUN_DIR_TAG,
+    SUPERSEDED_TAG,
+    SWEEP_ID_TAG,
+    SWEEP_KEY_TAG,
+    SWEEP_ROLE_TAG,
+)
 from medseg.signals import stop_on_signals
 from medseg.tracking import Tracker, resolve_tracking_uri
 
@@ -159,7 +167,7 @@ def child_config(base: Config, child: Child, *, iterations: int, spec: SweepSpec
                         warmup_epochs=0)
     doc["validation"].update(every_n_epochs=1, batch_stats=True, tta=False)
     doc["tracking"].update(run_name=child.key, parent_run_id=parent_run_id, tags={
-        "medseg.sweep_id": sweep_id, "medseg.role": "child", "medseg.sweep_key": child.key,
+        SWEEP_ID_TAG: sweep_id, SWEEP_ROLE_TAG: "child", SWEEP_KEY_TAG: child.key,
         "sweep.budget": spec.budget, "sweep.lr_rule": spec.lr_rule})
     return Config.model_validate(doc)
 
@@ -175,9 +183,9 @@ def sweep_id_for(base: Config, spec: SweepSpec) -> str:
 
 def _find_runs(tracker_client, experiment_id: str, sweep_id: str, role: str) -> list:
     runs = tracker_client.search_runs(
-        [experiment_id], f"tags.`medseg.sweep_id` = '{sweep_id}' and tags.`medseg.role` = '{role}'",
+        [experiment_id], f"tags.`{SWEEP_ID_TAG}` = '{sweep_id}' and tags.`{SWEEP_ROLE_TAG}` = '{role}'",
         max_results=5000)
-    return [r for r in runs if r.data.tags.get("medseg.superseded") != "true"]
+    return [r for r in runs if r.data.tags.get(SUPERSEDED_TAG) != "true"]
 
 
 def _parent(base: Config, spec: SweepSpec, sweep_id: str, uri: str, log: Log) -> Tracker:
@@ -188,7 +196,7 @@ def _parent(base: Config, spec: SweepSpec, sweep_id: str, uri: str, log: Log) ->
         log(f"continuing sweep {sweep_id} (MLflow parent run {existing[0].info.run_id})")
         return Tracker.attach(uri, existing[0].info.run_id)
     tracker = Tracker(uri, base.tracking.experiment, f"sweep_{sweep_id}",
-                      {"medseg.sweep_id": sweep_id, "medseg.role": "parent"})
+                      {SWEEP_ID_TAG: sweep_id, SWEEP_ROLE_TAG: "parent"})
     params = {f"sweep.{k}": ",".join(map(str, v)) if isinstance(v, list) else v for k, v in spec.to_dict().items()}
     params["sweep.rule"] = {
         "samples": f"every run sees {spec.budget_value:g} training patches: iterations = ceil(samples / batch size)",
@@ -419,7 +427,7 @@ def run_sweep(base: Config, spec: SweepSpec, *, sweep_dir: Path | None = None, s
         raise SweepInterrupted(f"{interrupted} received; the running children saved a checkpoint. Run the same "
                                f"command again to continue sweep {sweep_id}", sweep_dir)
     failed = [k for k, v in status.items() if v.startswith("failed")]
-    parent.set_tags({"medseg.failed_children": ",".join(failed) or "none"})
+    parent.set_tags({FAILED_CHILDREN_TAG: ",".join(failed) or "none"})
     parent.end("FINISHED")
     return sweep_id, parent.run_id, status
 
@@ -433,7 +441,7 @@ def _tasks(base: Config, spec: SweepSpec, sweep_id: str, sweep_dir: Path, parent
     children = spec.children()
     earlier: dict[str, list] = {}  # runs of earlier attempts, by child key (only this process adds runs now)
     for r in _find_runs(client, parent.experiment_id, sweep_id, "child"):
-        earlier.setdefault(r.data.tags.get("medseg.sweep_key"), []).append(r)
+        earlier.setdefault(r.data.tags.get(SWEEP_KEY_TAG), []).append(r)
     tasks = []
     for i, child in enumerate(children, 1):
         runs = earlier.get(child.key, [])
@@ -441,15 +449,15 @@ def _tasks(base: Config, spec: SweepSpec, sweep_id: str, sweep_dir: Path, parent
             status[child.key] = "skipped"
             log(f"[{i}/{len(children)}] {child.key}: finished before, skipped")
             continue
-        resumable = [r for r in runs if (Path(r.data.tags.get("medseg.run_dir", "/nonexistent"))
+        resumable = [r for r in runs if (Path(r.data.tags.get(RUN_DIR_TAG, "/nonexistent"))
                                          / "checkpoints" / "last.pt").is_file()]
         for r in runs:  # runs that cannot be continued are left out of the sweep's results
             if r not in resumable[:1]:
-                client.set_tag(r.info.run_id, "medseg.superseded", "true")
+                client.set_tag(r.info.run_id, SUPERSEDED_TAG, "true")
                 if r.info.status == "RUNNING":
                     client.set_terminated(r.info.run_id, "KILLED")
         if resumable:
-            cmd = [python, "-m", "medseg", "train", "--quiet", "--resume", resumable[0].data.tags["medseg.run_dir"],
+            cmd = [python, "-m", "medseg", "train", "--quiet", "--resume", resumable[0].data.tags[RUN_DIR_TAG],
                    "--tracking-uri", uri]
             note = f"resuming {resumable[0].info.run_id}"
         else:

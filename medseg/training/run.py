@@ -31,8 +31,10 @@ from medseg.keys import (
     BEST_DICE_MEAN,
     EPOCH,
     LEARNING_RATE,
+    PARENT_RUN_TAG,
     PATCHES_PER_SECOND,
     PEAK_MEMORY_MB,
+    RUN_DIR_TAG,
     SECONDS_PER_ITERATION,
     TRAIN_LOSS,
     VAL_DICE_MEAN,
@@ -133,7 +135,7 @@ def find_run_dir(resume: str | Path, tracking_uri: str | None = None) -> Path:
                               f"{resolve_tracking_uri(tracking_uri)} to look it up as a run id", resume) from None
         try:
             run = Tracker.client_for(store).get_run(run_id)
-            path = Path(run.data.tags["medseg.run_dir"])
+            path = Path(run.data.tags[RUN_DIR_TAG])
         except Exception:
             raise MedsegError("not a run folder, nor an MLflow run id known to the tracking store "
                               f"{resolve_tracking_uri(tracking_uri)}", resume) from None
@@ -337,12 +339,12 @@ def _open_run(ctx: RunContext, dataset: str, state: TrainState | None, resume_di
     if ctx.batch_statistics and info.enabled:
         tags["sync_bn"] = cfg.train.sync_bn
     if cfg.tracking.parent_run_id:
-        tags["mlflow.parentRunId"] = cfg.tracking.parent_run_id
+        tags[PARENT_RUN_TAG] = cfg.tracking.parent_run_id
     run_name = cfg.tracking.run_name or (f"{_slug(dataset)}_{m.norm}_bs{cfg.train.batch_size}_fold"
                                          f"{cfg.data.fold}_{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir = _new_run_dir(Path(cfg.output_dir).resolve(), run_name)
     try:
-        tracker = Tracker(uri, cfg.tracking.experiment, run_name, {**tags, "medseg.run_dir": str(run_dir)})
+        tracker = Tracker(uri, cfg.tracking.experiment, run_name, {**tags, RUN_DIR_TAG: str(run_dir)})
     except BaseException:
         run_dir.rmdir()  # still empty: no half-made run folder is left behind
         raise
