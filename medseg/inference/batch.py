@@ -16,7 +16,7 @@ from medseg.atomic import atomic_path, write_csv
 from medseg.data.dataset import NIFTI_SUFFIXES, case_id
 from medseg.data.dicom import is_dicom_folder
 from medseg.errors import DataError, InputWarning, MedsegError
-from medseg.inference.predictor import Prediction, label_image
+from medseg.inference.predictor import label_image
 from medseg.inference.segmenter import Segmenter, SegmentationResult
 from medseg.progress import ProgressFn, silent
 
@@ -80,7 +80,7 @@ def check_output_dir(output: Path, input_path: Path) -> None:
 
 def save_labels(result: SegmentationResult, path: Path) -> None:
     """Write the labels with the input's header (bit-equal affine, qform/sform and codes), atomically."""
-    img = label_image(Prediction(result.labels, None, result.affine, result.header))
+    img = label_image(result)
     with atomic_path(path, suffix=".nii.gz") as tmp:
         nib.save(img, tmp)
 

@@ -10,7 +10,7 @@ output therefore has exactly the input's shape, and is written with the input's 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -19,6 +19,7 @@ import torch
 from monai.data import MetaTensor
 
 from medseg import transforms as mt
+from medseg.data.dataset import case_id
 from medseg.data.nifti import load_nifti
 from medseg.errors import DataError, InputWarning
 from medseg.inference.sliding_window import make_inferer, predict_probabilities
@@ -27,20 +28,46 @@ from medseg.plan import check_resampled_size
 
 
 @dataclass
-class Prediction:
-    """One predicted volume on the input's voxel grid.
+class SegmentationResult:
+    """One segmented volume.
 
     Attributes:
-        labels: (X, Y, Z) uint8/uint16 label array, same shape as the input.
-        probabilities: (K, X, Y, Z) float32 softmax, or ``None`` unless asked for.
-        affine: the input's 4x4 voxel-to-world affine (mm).
-        header: the input's NIfTI header (for writing with identical geometry).
+        case: case name (file name without extension, or the DICOM folder's name).
+        labels: (X, Y, Z) uint8/uint16 labels on the input's voxel grid.
+        affine: the input's voxel-to-world affine (4x4, mm, RAS+ world as nibabel defines it).
+        voxel_volume_ml: volume of one voxel in ml (|det(affine[:3, :3])| / 1000).
+        voxels: voxel count per label name (foreground labels).
+        volumes_ml: volume per label name in ml (voxels x voxel volume).
+        probabilities: (K, X, Y, Z) float32 softmax, if asked for.
+        header: the input's NIfTI header (to write the labels with identical geometry).
+        source_files: for a DICOM series input, its files in slice order (slice k of ``labels``'
+            third axis is ``source_files[k]``); empty otherwise.
     """
 
+    case: str
     labels: np.ndarray
-    probabilities: np.ndarray | None
     affine: np.ndarray
-    header: nib.Nifti1Header
+    voxel_volume_ml: float
+    voxels: dict[str, int]
+    volumes_ml: dict[str, float]
+    probabilities: np.ndarray | None = None
+    header: nib.Nifti1Header | None = field(default=None, repr=False)
+    source_files: tuple[str, ...] = field(default=(), repr=False)
+
+
+
+
+def measure(case: str, labels: np.ndarray, affine: np.ndarray, label_names: dict[int, str], num_classes: int, *,
+            probabilities: np.ndarray | None = None, header: nib.Nifti1Header | None = None,
+            source_files: tuple[str, ...] = ()) -> SegmentationResult:
+    """A :class:`SegmentationResult` for ``labels`` (X, Y, Z) with its voxel counts and volumes (ml)
+    per foreground label name (``label_names``: value -> name)."""
+    voxel_ml = float(abs(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
+    counts = np.bincount(labels.ravel(), minlength=num_classes)
+    voxels = {n: int(counts[k]) for k, n in label_names.items()}
+    return SegmentationResult(case=case, labels=labels, affine=affine, voxel_volume_ml=voxel_ml, voxels=voxels,
+                              volumes_ml={n: v * voxel_ml for n, v in voxels.items()}, probabilities=probabilities,
+                              header=header, source_files=source_files)
 
 
 def sliding_window_settings(model: LoadedModel, overlap: float | None = None,
@@ -78,7 +105,7 @@ class Predictor:
         self.tta = tta
         self.amp = amp
 
-    def predict_file(self, path: str | Path, keep_probabilities: bool = False) -> Prediction:
+    def predict_file(self, path: str | Path, keep_probabilities: bool = False) -> SegmentationResult:
         """Predict one NIfTI volume.
 
         Warns:
@@ -112,10 +139,11 @@ class Predictor:
             raise RuntimeError(f"inverted prediction has shape {prob.shape[1:]}, input {shape[:3]}")
         dtype = np.uint8 if self.plan.num_classes <= 256 else np.uint16
         labels = prob.argmax(0).astype(dtype)
-        return Prediction(labels, prob if keep_probabilities else None, img.affine, img.header)
+        return measure(case_id(path), labels, img.affine, self.plan.foreground_labels, self.plan.num_classes,
+                       probabilities=prob if keep_probabilities else None, header=img.header)
 
 
-def label_image(pred: Prediction) -> nib.Nifti1Image:
+def label_image(pred: SegmentationResult) -> nib.Nifti1Image:
     """A NIfTI image of ``pred.labels`` with the input's header: identical affine, qform/sform and
     codes; data type uint8/uint16 and no intensity scaling."""
     header = pred.header.copy()

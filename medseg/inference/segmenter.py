@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -26,37 +25,9 @@ from medseg.data.dataset import case_id
 from medseg.data.dicom import choose_series, is_dicom_folder, read_chosen_series, write_nifti_atomic
 from medseg.devices import resolve_device
 from medseg.errors import DataError
-from medseg.inference.predictor import Prediction, Predictor
+from medseg.inference.predictor import Predictor, SegmentationResult, measure
 from medseg.models.directory import load_model_dir
 from medseg.progress import ProgressFn, rich_progress, silent
-
-
-@dataclass
-class SegmentationResult:
-    """One segmented volume.
-
-    Attributes:
-        case: case name (file name without extension, or the DICOM folder's name).
-        labels: (X, Y, Z) uint8/uint16 labels on the input's voxel grid.
-        affine: the input's voxel-to-world affine (4x4, mm, RAS+ world as nibabel defines it).
-        voxel_volume_ml: volume of one voxel in ml (|det(affine[:3, :3])| / 1000).
-        voxels: voxel count per label name (foreground labels).
-        volumes_ml: volume per label name in ml (voxels x voxel volume).
-        probabilities: (K, X, Y, Z) float32 softmax, if asked for.
-        header: the input's NIfTI header (to write the labels with identical geometry).
-        source_files: for a DICOM series input, its files in slice order (slice k of ``labels``'
-            third axis is ``source_files[k]``); empty otherwise.
-    """
-
-    case: str
-    labels: np.ndarray
-    affine: np.ndarray
-    voxel_volume_ml: float
-    voxels: dict[str, int]
-    volumes_ml: dict[str, float]
-    probabilities: np.ndarray | None = None
-    header: nib.Nifti1Header | None = field(default=None, repr=False)
-    source_files: tuple[str, ...] = field(default=(), repr=False)
 
 
 class Segmenter:
@@ -147,13 +118,9 @@ class Segmenter:
         for item in track(items, "segment", len(items)):
             yield self.predict(item)
 
-    def _finish(self, name: str, pred: Prediction, source_files: tuple[str, ...] = ()) -> SegmentationResult:
+    def _finish(self, name: str, pred: SegmentationResult, source_files: tuple[str, ...] = ()) -> SegmentationResult:
         labels = pred.labels
         if self._lcc is not None:
             labels = np.asarray(self._lcc(torch.as_tensor(labels)[None]))[0].astype(labels.dtype)
-        voxel_ml = float(abs(np.linalg.det(pred.affine[:3, :3]))) / 1000.0
-        counts = np.bincount(labels.ravel(), minlength=self.plan.num_classes)
-        voxels = {n: int(counts[k]) for k, n in self.label_names.items()}
-        return SegmentationResult(case=name, labels=labels, affine=pred.affine, voxel_volume_ml=voxel_ml, voxels=voxels,
-                                  volumes_ml={n: v * voxel_ml for n, v in voxels.items()},
-                                  probabilities=pred.probabilities, header=pred.header, source_files=source_files)
+        return measure(name, labels, pred.affine, self.label_names, self.plan.num_classes,
+                       probabilities=pred.probabilities, header=pred.header, source_files=source_files)
