@@ -60,6 +60,7 @@ def fluent_store(uri: str):
             os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
 
+DATASET_RETRIES = 5  # concurrent runs logging one dataset (see Tracker.log_dataset)
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 """The tag MLflow 3 reads to show an experiment as model training (runs, metrics, models) rather
 than GenAI (traces); set on every experiment medseg creates."""
@@ -224,13 +225,25 @@ class Tracker:
 
     def log_dataset(self, name: str, digest: str, source: str, context: str, profile: dict) -> None:
         """Log a dataset input of the run (MLflow's Datasets: shown in the run's *Datasets used*),
-        tagged with its ``context`` (``training`` / ``validation``)."""
+        tagged with its ``context`` (``training`` / ``validation``).
+
+        MLflow stores a dataset once per experiment; when two runs of a sweep log the same dataset
+        at the same moment, the second insert fails on that uniqueness, and is retried (the retry
+        finds the dataset and only links it to this run)."""
         import json
 
         from mlflow.entities import Dataset, DatasetInput, InputTag
         dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": source}),
                           profile=json.dumps(profile))
-        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+        inputs = [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])]
+        for attempt in range(DATASET_RETRIES):
+            try:
+                self.client.log_inputs(self.run_id, datasets=inputs)
+                return
+            except mlflow.exceptions.MlflowException as e:
+                if "UNIQUE constraint" not in str(e) or attempt == DATASET_RETRIES - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def set_tags(self, tags: dict[str, str]) -> None:
         """Add or overwrite string tags."""
