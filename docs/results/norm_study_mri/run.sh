@@ -3,6 +3,10 @@
 # to continue). STORE is the MLflow store (default: this folder's mlflow.db).
 set -euo pipefail
 STORE=${STORE:-sqlite:///docs/results/norm_study_mri/mlflow.db}
+# the store is committed compressed (mlflow.db.gz, to keep the repository's files small): unpack it
+# once; at the end of a sitting: gzip -9 -c mlflow.db > mlflow.db.gz, and commit that
+HERE=docs/results/norm_study_mri
+[ -f "$HERE/mlflow.db" ] || gunzip -c "$HERE/mlflow.db.gz" > "$HERE/mlflow.db"
 DATA=${DATA:-../shared/data/Task04_Hippocampus}
 JOBS=${JOBS:-2}  # 1.30x faster than 1 on 2 cores (benchmarks/sweep_jobs.py)
 common=(--config configs/sweep_hippocampus.yaml --data "$DATA" --evaluations 12 --tracking-uri "$STORE"
