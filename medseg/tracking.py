@@ -306,11 +306,7 @@ class Tracker:
         """
         try:
             with fluent_store(self.uri):  # MLflow resolves the models:/ source through the fluent API's store
-                try:
-                    self.client.get_registered_model(name)
-                except mlflow.exceptions.MlflowException:
-                    self.client.create_registered_model(name)
-                version = self.client.create_model_version(name, model_uri, run_id=self.run_id)
+                version = mlflow.register_model(model_uri, name)  # creates the registered model if missing
                 if alias:
                     self.client.set_registered_model_alias(name, alias, version.version)
         except mlflow.exceptions.MlflowException as e:

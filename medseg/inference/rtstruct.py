@@ -73,7 +73,7 @@ def write_rtstruct(labels: np.ndarray, source_files: tuple[str, ...], label_name
     if not source_files:
         raise DataError("RTSTRUCT output needs a DICOM series input (this input is NIfTI)", path)
     builder_class = _builder()
-    series = [pydicom.dcmread(f) for f in source_files]
+    series = [pydicom.dcmread(f, stop_before_pixels=True) for f in source_files]  # geometry and UIDs only
     rows, cols = int(series[0].Rows), int(series[0].Columns)
     if labels.shape != (cols, rows, len(series)):
         raise DataError(f"labels of shape {labels.shape} do not fit the series ({len(series)} slices of "

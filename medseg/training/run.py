@@ -499,9 +499,7 @@ def _train_epoch(ctx: RunContext, parts: Parts, state: TrainState, epoch: int, s
         MedsegError: out of device memory (a checkpoint was saved first).
     """
     t, info = ctx.cfg.train, ctx.info
-    if epoch != state.next_epoch:
-        state.next_epoch, state.next_iteration, state.epoch_losses = epoch, 0, []
-    losses = state.epoch_losses
+    losses = state.epoch_losses  # state.next_epoch is this epoch (TrainState.end_epoch advanced it)
     parts.sampler.indices = dist.rank_indices(epoch, t.iterations_per_epoch * t.batch_size * info.world_size,
                                               state.next_iteration, t.batch_size, info)
     every = t.checkpoint_every_iterations
