@@ -8,6 +8,7 @@ from monai.networks.nets import DynUNet
 
 from medseg.config import ModelConfig
 from medseg.models.norms import norm_spec
+from medseg.models.onednn_conv import route_single_examples_to_onednn
 from medseg.norm_registry import REGISTRY
 
 _DEFAULT = ModelConfig()  # the defaults are the config schema's, written once there
@@ -70,7 +71,8 @@ def build_unet(spec: NetworkSpec, seed: int | None = None) -> torch.nn.Module:
 
     Input (N, in_channels, D, H, W) with each spatial size a multiple of the product of the
     strides; output logits (N, out_channels, D, H, W). With deep supervision, in training mode
-    the output is (N, 1 + deep_supr_num, out_channels, D, H, W).
+    the output is (N, 1 + deep_supr_num, out_channels, D, H, W). Its 3D convolutions send a
+    single float32 CPU example through oneDNN (:mod:`medseg.models.onednn_conv`).
 
     Raises:
         ConfigError: unknown norm, or channel counts incompatible with ``num_groups``.
@@ -90,7 +92,7 @@ def build_unet(spec: NetworkSpec, seed: int | None = None) -> torch.nn.Module:
     )
     if REGISTRY[spec.norm].identity:
         _remove_norms(net)
-    return net
+    return route_single_examples_to_onednn(net)
 
 
 _NORM_LAYERS = (torch.nn.modules.instancenorm._InstanceNorm, torch.nn.modules.batchnorm._BatchNorm,

@@ -11,12 +11,13 @@ DATA=${DATA:-../shared/data/Task04_Hippocampus}
 JOBS=${JOBS:-2}  # 1.30x faster than 1 on 2 cores (benchmarks/sweep_jobs.py)
 common=(--config configs/sweep_hippocampus.yaml --data "$DATA" --evaluations 12 --tracking-uri "$STORE"
         --jobs "$JOBS" --set output_dir=runs)
-# main sweep: 5 norms x batch sizes 1-4 x 2 seeds (40 children), 7200 patches each (mri_main, at
+# main sweep: 5 norms x batch sizes 1-4 x 2 seeds (40 children), 7200 patches each; mri_v2_* run with
+# single examples through oneDNN and channels_last (mri_main_7200, stopped, did not; mri_main, at
 # 2400 patches, was stopped after seed 0: see README.md)
 medseg sweep "${common[@]}" --norms instance,group,layer,batch,none --batch-sizes 1,2,3,4 --seeds 2 \
-  --sweep-id mri_main_7200 --report-dir docs/results/norm_study_mri/report
+  --sweep-id mri_v2_main --report-dir docs/results/norm_study_mri/report
 # learning-rate check: instance and batch norm at batch 1 and 4, one seed, lr x0.3 and x3
 for lr in 0.0003 0.003; do
   medseg sweep "${common[@]}" --norms instance,batch --batch-sizes 1,4 --seeds 1 --set train.lr=$lr \
-    --sweep-id mri_7200_lr$lr --report-dir docs/results/norm_study_mri/report_lr$lr
+    --sweep-id mri_v2_lr$lr --report-dir docs/results/norm_study_mri/report_lr$lr
 done
