@@ -47,6 +47,7 @@ bench: install
 	$(BIN)/python benchmarks/inference.py --json runs/bench_inference.json
 	$(BIN)/python benchmarks/data_pipeline.py --json runs/bench_data_pipeline.json
 	$(BIN)/python benchmarks/fast_path.py --json runs/bench_fast_path.json
+	$(BIN)/python benchmarks/single_example_conv.py --json runs/bench_single_example_conv.json
 
 clean:
 	rm -rf $(VENV) runs mlruns mlflow.db .medseg_cache
