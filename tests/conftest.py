@@ -35,6 +35,15 @@ def sample_copy(tmp_path) -> Path:
     return copy_msd(SAMPLE, tmp_path / "Task04_copy", n=6)
 
 
+@pytest.fixture(scope="module")
+def hippo_plan():
+    """The plan derived from the embedded sample's fingerprint (unit/test_transforms.py, unit/data/test_fingerprint.py)."""
+    from medseg.data import compute_fingerprint, read_dataset
+    from medseg.plan import make_plan
+
+    return make_plan(compute_fingerprint(read_dataset(SAMPLE)), strides=[1, 2, 2, 2])
+
+
 def tree(path: Path) -> set[str]:
     """All files under path, relative (to check that a failing command wrote nothing)."""
     return {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()}

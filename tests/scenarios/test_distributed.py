@@ -1,5 +1,5 @@
 """Data-parallel training with torchrun on CPU (gloo, 2 processes): synchronized batch norm,
-sharded patches, rank-0 logging and checkpoints, SIGTERM and resume."""
+rank-0 logging and checkpoints, SIGTERM and resume."""
 from __future__ import annotations
 
 import os
@@ -12,9 +12,8 @@ import time
 import torch
 from mlflow import MlflowClient
 
-from conftest import ROOT, SAMPLE
 from medseg.models.directory import load_model_dir
-from medseg.training.distributed import DistInfo, rank_indices
+from tests.conftest import ROOT, SAMPLE
 
 
 def _port() -> int:
@@ -30,7 +29,7 @@ def test_cpu_sync_batch_norm_equals_batch_norm_over_the_global_batch(tmp_path):
     grad_out = torch.randn_like(x)
     torch.save({"x": x, "grad_out": grad_out}, tmp_path / "in.pt")
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                          str(_port()), str(ROOT / "tests" / "sync_bn_worker.py"), str(tmp_path / "in.pt"),
+                          str(_port()), str(ROOT / "tests" / "scenarios" / "sync_bn_worker.py"), str(tmp_path / "in.pt"),
                           str(tmp_path / "out")], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
@@ -47,15 +46,6 @@ def test_cpu_sync_batch_norm_equals_batch_norm_over_the_global_batch(tmp_path):
     for r in results:
         assert torch.allclose(r["running_mean"], ref.running_mean, atol=1e-6)
         assert torch.allclose(r["running_var"], ref.running_var, atol=1e-5)
-
-
-def test_ranks_share_out_each_iteration_s_patches():
-    per_epoch, bs = 24, 3  # 4 iterations of 2 ranks x 3 patches
-    parts = [rank_indices(1, per_epoch, 0, bs, DistInfo(r, 2)) for r in range(2)]
-    assert sorted(parts[0] + parts[1]) == list(range(24, 48)) and not set(parts[0]) & set(parts[1])
-    assert parts[1][:3] == [27, 28, 29]  # iteration 0: rank 0 takes 24-26, rank 1 27-29
-    assert rank_indices(1, per_epoch, 2, bs, DistInfo(1, 2)) == parts[1][6:]  # resume at iteration 2
-    assert rank_indices(0, 8, 1, 2, DistInfo()) == list(range(2, 8))  # one process: sequential
 
 
 def _torchrun(work, uri, *args):

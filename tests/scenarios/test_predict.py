@@ -271,19 +271,6 @@ def test_python_api_example_in_readme_runs(trained, tmp_path, monkeypatch):
     assert namespace["result"].labels.shape == nib.load(SAMPLE / "imagesTr" / "hippocampus_004.nii.gz").shape
 
 
-def test_predict_uses_the_sliding_window_settings_the_model_was_validated_with():
-    from types import SimpleNamespace
-
-    from medseg.config import ValidationConfig
-    from medseg.inference.predictor import sliding_window_settings
-
-    model = SimpleNamespace(meta={"sliding_window": {"overlap": 0.25, "sw_batch_size": 2}})
-    assert sliding_window_settings(model) == (0.25, 2)
-    assert sliding_window_settings(model, overlap=0.75, sw_batch_size=8) == (0.75, 8)  # the user's choice wins
-    defaults = ValidationConfig()
-    assert sliding_window_settings(SimpleNamespace(meta={})) == (defaults.overlap, defaults.sw_batch_size)
-
-
 def test_dicom_seg_output_reproduces_the_nifti_labels_voxel_for_voxel(trained, tmp_path):
     """predict --output-format dicom-seg on a real DICOM series: read back with highdicom, the SEG's
     frames, mapped to the source instances they reference, give the NIfTI output's labels exactly."""
@@ -373,4 +360,3 @@ def test_rtstruct_output_rasterizes_back_to_the_nifti_labels(trained, tmp_path):
             assert ref.sum() > 0
     print("RTSTRUCT Dice per ROI:", dices)
     assert len(dices) == 2 and min(dices.values()) >= 0.95, dices
-

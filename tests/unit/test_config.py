@@ -54,3 +54,11 @@ def test_bad_files(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(bad)
+
+
+def test_compile_without_a_compiler_is_a_config_error(monkeypatch):
+    import shutil
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match="C\\+\\+ compiler"):
+        load_config(ROOT / "configs/demo.yaml", ["train.compile=true"])
+    assert load_config(ROOT / "configs/demo.yaml", ["train.compile=false"]).train.compile is False

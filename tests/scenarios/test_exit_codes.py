@@ -114,15 +114,6 @@ def test_a_patch_that_cannot_fit_in_memory_is_refused_before_the_run_starts(tmp_
     assert not (tmp_path / "runs").exists()
 
 
-def test_the_memory_estimate_is_below_what_an_iteration_allocates():
-    """The estimate must refuse only what cannot fit: it stays below the measured allocation of the
-    calibration (357 MB for DynUNet 16-128, patch 40 x 56 x 40, batch 2) and grows with the patch."""
-    from medseg.models.memory import training_memory_bytes
-    small = training_memory_bytes([16, 32, 64, 128], [1, 2, 2, 2], (40, 56, 40), 2, 1, 3)
-    assert small < 357 * 2**20
-    assert training_memory_bytes([16, 32, 64, 128], [1, 2, 2, 2], (80, 112, 80), 2, 1, 3) > 7 * small
-
-
 def test_yaml_alias_bomb_is_refused_quickly_without_echoing_it(tmp_path):
     lines = ['a: &a ["x","x","x","x","x","x","x","x","x"]']
     for prev, cur in zip("abcdefgh", "bcdefghi"):
@@ -341,17 +332,6 @@ def test_label_names_mlflow_refuses_train_and_a_run_name_used_twice_gets_its_own
         assert "val_dice_Anterior _head_" in run.data.metrics
         assert any(k.startswith("final_case_dice/") and k.endswith("/Anterior _head_") for k in run.data.metrics)
         assert run.data.metrics["final_batch_dependence_eval"] < 1e-3  # a one-case fold still measures it
-
-
-def test_a_damaged_fingerprint_cache_is_recomputed(tmp_path):
-    from medseg.data import read_dataset
-    from medseg.data.fingerprint import load_or_compute_fingerprint
-    spec = read_dataset(copy_msd(SAMPLE, tmp_path / "ds", n=3))
-    first, path = load_or_compute_fingerprint(spec, tmp_path / "cache")
-    for damage in ("{not json", "[]", '{"version": 1}', "\xff\xfe"):
-        path.write_text(damage, encoding="latin-1")
-        again, _ = load_or_compute_fingerprint(spec, tmp_path / "cache")
-        assert again == first
 
 
 def test_an_output_that_is_a_folder_is_refused_and_the_folder_kept(tmp_path):

@@ -1,37 +1,14 @@
-"""Preprocessing and patch sampling on real volumes."""
+"""medseg.transforms: preprocessing and patch sampling on real volumes (the ``hippo_plan`` fixture is
+in tests/conftest.py; the fingerprint itself: tests/unit/data/test_fingerprint.py)."""
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
 from medseg import transforms as mt
-from medseg.data import compute_fingerprint, load_or_compute_fingerprint, read_dataset
+from medseg.data import compute_fingerprint, read_dataset
 from medseg.plan import make_plan
 from tests.conftest import SAMPLE, shared
-
-
-@pytest.fixture(scope="module")
-def hippo_plan():
-    return make_plan(compute_fingerprint(read_dataset(SAMPLE)), strides=[1, 2, 2, 2])
-
-
-def test_fingerprint_and_derived_plan(hippo_plan):
-    spec = read_dataset(SAMPLE)
-    fp = compute_fingerprint(spec)
-    assert fp["num_cases"] == 16 and fp["median_spacing"] == [1.0, 1.0, 1.0]
-    total = sum(np.prod(c["shape"]) for c in fp["cases"].values())
-    assert sum(fp["label_voxels"].values()) == total
-    # default patch: the median shape rounded up to multiples of 8
-    assert all(p % 8 == 0 and p >= s for p, s in zip(hippo_plan.patch_size, fp["median_shape"]))
-    assert hippo_plan.ct_clip is None
-
-
-def test_fingerprint_is_cached(tmp_path):
-    spec = read_dataset(SAMPLE)
-    fp1, path = load_or_compute_fingerprint(spec, tmp_path)
-    stamp = path.stat().st_mtime_ns
-    fp2, path2 = load_or_compute_fingerprint(spec, tmp_path)
-    assert path2 == path and path.stat().st_mtime_ns == stamp and fp1 == fp2
 
 
 def test_mri_zscore_over_nonzero(hippo_plan):

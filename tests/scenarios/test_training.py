@@ -107,23 +107,6 @@ def test_batch_size_one_with_batch_norm_and_disk_cache(tmp_path, monkeypatch):
     assert loaded.spec.norm == "batch" and loaded.spec.deep_supervision
 
 
-def test_a_nan_loss_is_a_medseg_error_that_names_the_fix():
-    import torch
-
-    from medseg.errors import MedsegError
-    from medseg.models import NetworkSpec, build_unet
-    from medseg.training.loop import Step, dice_ce_loss, training_step
-    from medseg.training.optim import build_optimizer
-
-    net = build_unet(NetworkSpec(1, 3, [4, 8, 16], [1, 2, 2]), seed=0)
-    image = torch.full((1, 1, 8, 8, 8), float("nan"))
-    label = torch.zeros((1, 1, 8, 8, 8), dtype=torch.long)
-    with pytest.raises(MedsegError, match="Lower train.lr") as e:
-        training_step(net, image, label, Step(dice_ce_loss(), build_optimizer(net.parameters(), "sgd", 0.01), None,
-                                              torch.device("cpu")))
-    assert e.value.path == "train.lr"
-
-
 def test_training_and_validation_cases_are_mlflow_dataset_inputs(trained):
     """Read back from the store: one dataset per context, its digest over the case ids and the
     files' SHA-256 (so a changed file changes it), the source folder, and the cases of split.json."""
@@ -149,30 +132,3 @@ def test_system_metrics_are_logged_by_the_training_run(trained):
     metrics = trained["client"].get_run(trained["run"].info.run_id).data.metrics
     assert 0 <= metrics["system/cpu_utilization_percentage"] <= 100
     assert metrics["system/system_memory_usage_megabytes"] > 0
-
-
-def test_a_dataset_logged_by_two_runs_at_once_is_retried(tmp_path, monkeypatch):
-    """Two sweep children logging the same dataset at the same moment: MLflow's insert of the second
-    fails on its uniqueness (seen in a submitit sweep: `UNIQUE constraint failed: datasets...`); the
-    retry links the dataset that the first inserted."""
-    import mlflow
-
-    from medseg.tracking import Tracker
-
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
-    first, second = Tracker(uri, "e", "a", {}), Tracker(uri, "e", "b", {})
-    first.log_dataset("d", "digest1", "/data", "training", {"num_cases": 1})
-    real, calls = second.client.log_inputs, []
-
-    def racing(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:  # as if the other run's insert had won the race
-            raise mlflow.exceptions.MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: "
-                                                    "datasets.experiment_id, datasets.name, datasets.digest")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(second.client, "log_inputs", racing)
-    second.log_dataset("d", "digest1", "/data", "training", {"num_cases": 1})
-    assert len(calls) == 2
-    (inp,) = second.client.get_run(second.run_id).inputs.dataset_inputs
-    assert inp.dataset.digest == "digest1"

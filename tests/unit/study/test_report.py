@@ -1,98 +1,20 @@
-"""The normalizer study's design and statistics: pairing (patch stream, initial weights), the
-plateau flag, paired statistics against scipy/statsmodels on known differences, the batch-dependence
-metric, and the per-child environment of ``--jobs``."""
+"""medseg.study.report: the plateau flag, and the report built from a store written with known
+per-case Dice (converged flags, per-case Dice read back, paired statistics against scipy/statsmodels,
+the tables logged to MLflow). The study's pairing (patch stream, initial weights) is tested in
+tests/unit/training/test_patch_stream.py and tests/unit/models/test_unet.py."""
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
-import torch
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from medseg import transforms as mt
-from medseg.data import compute_fingerprint, read_dataset
-from medseg.models import NORMS, NetworkSpec, build_unet
-from medseg.models.norms import batch_dependence
-from medseg.plan import make_plan
 from medseg.study.report import build_report, plateau
-from medseg.study.statistics import compare
-from medseg.study.sweep import child_environment
 from medseg.tracking import Tracker
-from medseg.training import distributed as dist
-from medseg.training.patch_stream import EpochPatchStream
 from medseg.keys import FINAL_DICE_MEAN
 from medseg.training.validation import case_dice_key
-from tests.conftest import SAMPLE
-
-
-@pytest.fixture(scope="module")
-def volumes():
-    spec = read_dataset(SAMPLE)
-    plan = make_plan(compute_fingerprint(spec), patch_size=(24, 40, 24), strides=[1, 2, 2, 2])
-    from monai.transforms import EnsureTyped
-    pre, prep = mt.preprocessing(plan), mt.patch_preparation(plan)
-    return plan, [EnsureTyped(keys=("image", "label"), track_meta=False)(prep(pre(c.as_dict())))
-                  for c in spec.cases[:4]]
-
-
-def _indices(batch_size: int, iterations_per_epoch: int, epochs: int) -> list[int]:
-    """The stream indices a run consumes, in order (one process), as run.py asks for them."""
-    per_epoch = iterations_per_epoch * batch_size
-    return [i for e in range(epochs) for i in dist.rank_indices(e, per_epoch, 0, batch_size, dist.DistInfo())]
-
-
-def test_children_of_one_seed_see_the_same_patches_whatever_the_batch_size(volumes):
-    """Batch 1 in 3 epochs of 4 iterations and batch 3 in 2 epochs of 2 iterations: the i-th patch
-    is the same (case, crop centre, augmentation draws) for every i of the shorter run."""
-    plan, vols = volumes
-    chain = lambda: mt.patch_sampling_and_augmentation(plan, probability=1.0)  # noqa: E731 every transform fires
-    runs = {}
-    for bs, ipe, epochs in ((1, 4, 3), (3, 2, 2)):
-        stream = EpochPatchStream(vols, chain(), patches_per_epoch=ipe * bs, seed=7)
-        idx = _indices(bs, ipe, epochs)
-        assert idx == list(range(len(idx)))  # the run consumes the stream in order, without gaps
-        runs[bs] = [stream[i][0] for i in idx]
-    assert len(runs[1]) == 12 and len(runs[3]) == 12
-    for a, b in zip(runs[1], runs[3]):
-        assert torch.equal(torch.as_tensor(a["image"]), torch.as_tensor(b["image"]))
-        assert torch.equal(torch.as_tensor(a["label"]), torch.as_tensor(b["label"]))
-    other_seed = EpochPatchStream(vols, chain(), patches_per_epoch=4, seed=8)
-    assert not torch.equal(torch.as_tensor(other_seed[0][0]["image"]), torch.as_tensor(runs[1][0]["image"]))
-
-
-def test_every_norm_starts_from_the_same_convolution_weights():
-    convs = {}
-    for norm in NORMS:
-        net = build_unet(NetworkSpec(1, 3, [8, 16, 32, 64], [1, 2, 2, 2], norm=norm, num_groups=4), seed=3)
-        convs[norm] = {k: v for k, v in net.state_dict().items() if v.dim() == 5}  # conv kernels
-    ref = convs["instance"]
-    assert len(ref) > 10
-    for norm, weights in convs.items():
-        assert weights.keys() == ref.keys(), norm
-        assert all(torch.equal(weights[k], ref[k]) for k in ref), norm
-    other = build_unet(NetworkSpec(1, 3, [8, 16, 32, 64], [1, 2, 2, 2]), seed=4).state_dict()
-    assert not torch.equal(other[next(iter(ref))], ref[next(iter(ref))])
-
-
-def test_batch_dependence_is_float_noise_for_instance_norm_and_large_for_batch_norm_in_train_mode():
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(5, 1, 16, 16, 16, generator=gen) * torch.arange(1, 6).view(5, 1, 1, 1, 1)
-    dep = {}
-    for norm in ("instance", "batch"):
-        net = build_unet(NetworkSpec(1, 3, [8, 16, 32], [1, 2, 2], norm=norm, deep_supervision=True), seed=0)
-        before = {k: v.clone() for k, v in net.state_dict().items()}
-        dep[norm] = batch_dependence(net, x)
-        assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # running stats untouched
-    # float32 logits of O(1): batched and single convolutions differ by a few ulps per op (1.2e-7
-    # relative), summed over ~10 layers: well under 1e-4
-    assert dep["instance"]["train"] < 1e-4 and dep["instance"]["eval"] < 1e-4
-    assert dep["batch"]["eval"] < 1e-4  # running averages: independent of the batch
-    assert dep["batch"]["train"] > 1e-2  # the other four examples set the statistics
-    with pytest.raises(ValueError):
-        batch_dependence(net, x[:1])
 
 
 def test_the_plateau_rule():
@@ -100,16 +22,6 @@ def test_the_plateau_rule():
     assert plateau([(100, 0.5), (200, 0.7), (300, 0.75)], 0.01)[1] is False
     assert plateau([(100, 0.8), (200, 0.7)], 0.01)[1] is True  # a drop is not an improvement
     assert plateau([(100, 0.8)], 0.01)[1] is False
-
-
-def test_child_environment_splits_threads_or_gpus():
-    import os
-    assert child_environment(0, 1, cpus=2, gpus=0) == dict(os.environ)  # one job: nothing changes
-    env = child_environment(1, 2, cpus=2, gpus=0)
-    assert env["OMP_NUM_THREADS"] == "1" and env.get("CUDA_VISIBLE_DEVICES") == os.environ.get("CUDA_VISIBLE_DEVICES")
-    assert child_environment(1, 2, cpus=16, gpus=2)["CUDA_VISIBLE_DEVICES"] == "1"
-    assert child_environment(2, 3, cpus=16, gpus=2)["CUDA_VISIBLE_DEVICES"] == "0"
-    assert child_environment(0, 4, cpus=2, gpus=0)["OMP_NUM_THREADS"] == "1"
 
 
 # --- the report's statistics, on a store written with known per-case Dice -------------------------
@@ -201,11 +113,6 @@ def test_the_paired_statistics_are_scipys_on_the_known_differences(synthetic_sto
     md = (rep["folder"] / "summary.md").read_text()
     c = table[("instance", "group")]
     assert f"{c.mean_difference:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}]" in md
-
-
-def test_compare_on_degenerate_input():
-    assert compare(np.zeros(5))[1:] == (0.0, 0.0, 1.0)
-    assert all(math.isnan(v) for v in compare(np.array([])))
 
 
 def test_the_report_tables_are_logged_as_mlflow_tables(synthetic_store, tmp_path):

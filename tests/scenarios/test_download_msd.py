@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "data_scripts" / "download_msd.py"
+from tests.conftest import ROOT
+
+SCRIPT = ROOT / "data_scripts" / "download_msd.py"
 TASK = "Task04_Hippocampus"
 
 

@@ -1,0 +1,19 @@
+"""medseg.precision: which autocast a device gets."""
+import os
+
+import torch
+
+from medseg.precision import autocast, effective_amp, native_cpu_bf16
+
+
+def test_effective_amp_on_cpu():
+    flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else []
+    native = native_cpu_bf16()
+    if flags:
+        assert native == ("avx512_bf16" in flags or "amx_bf16" in flags)
+    assert effective_amp("cpu", "bf16") == ("bf16" if native else "none")
+    assert effective_amp("cpu", "fp16") == "none" and effective_amp("cpu", "none") == "none"
+    conv = torch.nn.Conv3d(1, 2, 3)
+    with autocast(torch.device("cpu"), "bf16"):
+        y = conv(torch.randn(1, 1, 8, 8, 8))
+    assert y.dtype == (torch.bfloat16 if native else torch.float32)
