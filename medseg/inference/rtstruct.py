@@ -7,7 +7,7 @@ The contours run along the voxel edges: on each slice, scikit-image's marching s
 passes midway between every labelled voxel and its unlabelled neighbours. Filling them by the
 usual rule (a voxel is inside when its centre is inside; contours nested in contours are holes,
 even-odd) gives back exactly the labels, including one-voxel islands and holes (Dice 1.0 per ROI
-on the three hippocampus DICOM series, tests/test_predict.py). Contours traced through the centres
+on the three hippocampus DICOM series, tests/scenarios/test_predict.py). Contours traced through the centres
 of the boundary voxels (OpenCV's, as rt-utils and pydicomrt trace masks) lose the voxels around
 every hole when filled that way: Dice 0.85 for a noisy label with many holes, with either library.
 

@@ -43,15 +43,17 @@ def test_bad_sweep_definitions_are_errors(kwargs, word):
 def test_a_niced_sweep_keeps_its_children_niced():
     """On Linux's autogroup scheduler a child in its own session starts a group at nice 0; the
     sweep gives it its own niceness, so `nice -n 19 medseg sweep` stays in the background."""
+    import os
     import subprocess
     import sys
     from pathlib import Path
 
     if not Path("/proc/self/autogroup").exists():
         pytest.skip("this kernel schedules without autogroups: plain nice already applies to children")
+    expected = min(os.nice(0) + 7, 19)  # the test itself may run niced (nice -n 5 make test)
     script = ("import os, subprocess; os.nice(7); from medseg.study.sweep import keep_priority; "
               "p = subprocess.Popen(['sleep', '30'], start_new_session=True); keep_priority(p.pid); "
               "print(open(f'/proc/{p.pid}/autogroup').read().strip()); p.kill()")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().endswith("nice 7"), out.stdout
+    assert out.stdout.strip().endswith(f"nice {expected}"), out.stdout
