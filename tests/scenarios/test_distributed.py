@@ -13,7 +13,7 @@ import torch
 from mlflow import MlflowClient
 
 from medseg.models.directory import load_model_dir
-from tests.conftest import ROOT, SAMPLE
+from tests.conftest import ROOT, SAMPLE, fresh_store
 
 
 def _port() -> int:
@@ -57,7 +57,7 @@ def _torchrun(work, uri, *args):
 
 
 def test_torchrun_two_processes_sync_bn_sigterm_and_resume(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    uri = fresh_store(tmp_path / "store.db")
     proc = _torchrun(tmp_path, uri, "--config", str(ROOT / "configs/demo.yaml"), "--data", str(SAMPLE),
                      "--set", f"output_dir={tmp_path / 'runs'}", "--set", f"data.cache_dir={tmp_path / 'cache'}",
                      "--set", "model.norm=batch", "--set", "train.epochs=3", "--set", "train.iterations_per_epoch=3",

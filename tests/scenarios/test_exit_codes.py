@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from medseg.errors import EXIT_FAILED_CASES, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
-from tests.conftest import ROOT, SAMPLE, copy_msd, tree
+from tests.conftest import ROOT, SAMPLE, copy_msd, fresh_store, tree
 
 MEDSEG = str(Path(sys.executable).with_name("medseg"))  # the installed console script
 DICOM = ROOT.parent / "shared" / "data" / "dicom" / "Study1" / "13_HCropVolume"
@@ -309,7 +309,7 @@ def test_ctrl_c_is_exit_130_with_a_message(monkeypatch, capsys):
 
 def _tiny_train(ds: Path, work: Path, *extra) -> subprocess.CompletedProcess:
     return medseg("train", "--config", ROOT / "configs/demo.yaml", "--data", ds, "--quiet",
-                  "--tracking-uri", f"sqlite:///{work / 'store.db'}", "--set", f"output_dir={work / 'runs'}",
+                  "--tracking-uri", fresh_store(work / "store.db"), "--set", f"output_dir={work / 'runs'}",
                   "--set", f"data.cache_dir={work / 'cache'}", "--set", "train.epochs=1",
                   "--set", "train.iterations_per_epoch=2", "--set", "validation.hd95=false",
                   "--set", "data.num_folds=3", "--set", "tracking.log_model=false", *extra)
@@ -384,7 +384,7 @@ def test_random_command_lines_end_in_a_documented_exit_code_without_a_traceback(
 def test_a_sweep_whose_child_fails_exits_1_and_says_which(tmp_path):
     proc = medseg("sweep", "--config", ROOT / "configs/demo.yaml", "--data", SAMPLE, "--norms", "instance",
                   "--batch-sizes", "1", "--seeds", "1", "--budget-samples", "2", "--evaluations", "1",
-                  "--tracking-uri", f"sqlite:///{tmp_path / 'store.db'}", "--set", f"output_dir={tmp_path / 'runs'}",
+                  "--tracking-uri", fresh_store(tmp_path / "store.db"), "--set", f"output_dir={tmp_path / 'runs'}",
                   "--set", "train.device=cuda", "--report-dir", tmp_path / "report")
     assert proc.returncode == EXIT_FAILED_CASES, proc.stdout + proc.stderr
     assert "instance_bs1_seed0" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr

@@ -9,7 +9,7 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import ROOT, SAMPLE
+from tests.conftest import ROOT, SAMPLE, fresh_store
 
 SETTINGS = ["--set", "train.epochs=2", "--set", "train.iterations_per_epoch=4", "--set", "validation.every_n_epochs=1",
             "--set", "validation.hd95=false", "--set", "train.checkpoint_every_iterations=2",
@@ -49,7 +49,7 @@ def _history(client, run_id, key):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     work = tmp_path_factory.mktemp("reference")
-    uri = f"sqlite:///{work / 'store.db'}"
+    uri = fresh_store(work / "store.db")
     rc, out, err = _train(work, uri)
     assert rc == 0, err
     client = MlflowClient(uri)
@@ -60,7 +60,7 @@ def reference(tmp_path_factory):
 @pytest.mark.parametrize("kill_at", ["second epoch"])  # a stop mid-epoch: test_sigterm_saves_and_says_how_to_resume
 def test_sigkill_then_resume_matches_uninterrupted_run(kill_at, reference, tmp_path):
     ref_client, ref_id = reference
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    uri = fresh_store(tmp_path / "store.db")
     proc, last = _start_until_first_checkpoint(tmp_path, uri)
     if kill_at == "second epoch":
         from medseg.checkpoint import load_checkpoint
@@ -89,7 +89,7 @@ def test_sigterm_saves_and_says_how_to_resume(reference, tmp_path):
     """SIGTERM mid-epoch (after the first checkpoint, at iteration 2 or later of epoch 1): a checkpoint
     of the iteration reached, exit 130, and a resume by MLflow run id that ends as the uninterrupted run."""
     ref_client, ref_id = reference
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    uri = fresh_store(tmp_path / "store.db")
     proc, _ = _start_until_first_checkpoint(tmp_path, uri)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)

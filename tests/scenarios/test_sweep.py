@@ -13,7 +13,7 @@ from medseg.cli import app
 from medseg.config import load_config
 from medseg.study.report import build_report
 from medseg.study.sweep import SweepSpec, child_iterations
-from tests.conftest import ROOT, SAMPLE
+from tests.conftest import ROOT, SAMPLE, fresh_store
 
 EXPERIMENT = "sweep-test"
 
@@ -29,7 +29,7 @@ def _sweep_args(work, uri):
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     work = tmp_path_factory.mktemp("sweep")
-    uri = f"sqlite:///{work / 'store.db'}"
+    uri = fresh_store(work / "store.db")
     result = CliRunner().invoke(app, _sweep_args(work, uri))
     assert result.exit_code == 0, result.output + repr(result.exception)
     client = MlflowClient(tracking_uri=uri)
@@ -160,7 +160,7 @@ def test_a_minutes_budget_turns_measured_seconds_per_iteration_into_iterations()
 
 def test_a_submitit_sweep_gives_the_same_parent_and_child_runs(tmp_path):
     """The SLURM path (a submitit job array) on submitit's local executor."""
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    uri = fresh_store(tmp_path / "store.db")
     args = ["sweep", "--config", str(ROOT / "configs/demo.yaml"), "--data", str(SAMPLE), "--norms", "instance,batch",
             "--batch-sizes", "2", "--seeds", "1", "--budget-samples", "2", "--evaluations", "1",
             "--experiment", "submitit-test", "--tracking-uri", uri, "--executor", "submitit-local",

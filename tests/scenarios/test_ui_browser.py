@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from medseg.tracking import Tracker
+from tests.conftest import fresh_store
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -30,7 +31,7 @@ def _free_port() -> int:
 
 @pytest.fixture
 def ui_server(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    uri = fresh_store(tmp_path / "store.db")
     parent = Tracker(uri, "ui-test", "sweep_s1", {"medseg.sweep_id": "s1", "medseg.role": "parent"})
     dice = {}
     for norm in ("instance", "batch"):

@@ -1,4 +1,5 @@
 """medseg.tracking: the Tracker's MLflow writes."""
+from tests.conftest import fresh_store
 
 
 def test_a_dataset_logged_by_two_runs_at_once_is_retried(tmp_path, monkeypatch):
@@ -9,7 +10,7 @@ def test_a_dataset_logged_by_two_runs_at_once_is_retried(tmp_path, monkeypatch):
 
     from medseg.tracking import Tracker
 
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    uri = fresh_store(tmp_path / "store.db")
     first, second = Tracker(uri, "e", "a", {}), Tracker(uri, "e", "b", {})
     first.log_dataset("d", "digest1", "/data", "training", {"num_cases": 1})
     real, calls = second.client.log_inputs, []

@@ -15,6 +15,7 @@ from medseg.study.report import build_report, plateau
 from medseg.tracking import Tracker
 from medseg.keys import FINAL_DICE_MEAN
 from medseg.training.validation import case_dice_key
+from tests.conftest import fresh_store
 
 
 def test_the_plateau_rule():
@@ -42,7 +43,7 @@ def synthetic_store(tmp_path_factory):
     """A sweep's parent and 6 children (3 norms x 2 seeds at batch 2) as a sweep writes them; the
     batch-norm child of seed 1 still improving at its last validation."""
     work = tmp_path_factory.mktemp("store")
-    uri = f"sqlite:///{work / 'store.db'}"
+    uri = fresh_store(work / "store.db")
     parent = Tracker(uri, "study-test", "sweep_t", {"medseg.sweep_id": "t", "medseg.role": "parent"})
     parent.log_params({"sweep.rule": "test"})
     for norm in ("instance", "group", "batch"):
