@@ -37,7 +37,7 @@ browser:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 test: install browser
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=10 tests
 
 # Speed, each against a plain MONAI reference loop in the same process (tables + JSON in runs/):
 # training step per norm and batch size, sliding-window inference, data pipeline vs training step;
