@@ -17,7 +17,7 @@ from medseg.errors import EXIT_FAILED_CASES, Interrupted, MedsegError
 from medseg.keys import SWEEP_ID_TAG
 from medseg.norm_registry import NORMS
 from medseg.progress import rich_progress, silent
-from medseg.study.rules import PLATEAU_DELTA
+from medseg.study.rules import EXECUTORS, PLATEAU_DELTA, SLURM_TIMEOUT_MIN
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="3D U-Net segmentation of CT/MRI volumes with a choice of normalization, tracked in MLflow.")
@@ -287,10 +287,10 @@ def sweep(
                              "when there are GPUs, else the CPU threads split between them)."),
     plateau_delta: float = typer.Option(PLATEAU_DELTA, "--plateau-delta", min=0.0, help="A child whose last "
                                         "validation improved mean Dice by more than this is reported not converged."),
-    executor: str = typer.Option("local", "--executor", help="local (subprocesses here), slurm (a submitit job "
+    executor: str = typer.Option(EXECUTORS[0], "--executor", help="local (subprocesses here), slurm (a submitit job "
                                  "array; pip install 'medseg[slurm]') or submitit-local (the slurm path, here)."),
     slurm_partition: str | None = typer.Option(None, "--slurm-partition", help="SLURM partition (--executor slurm)."),
-    timeout_min: int = typer.Option(24 * 60, "--timeout-min", min=1, help="Time limit per child in minutes "
+    timeout_min: int = typer.Option(SLURM_TIMEOUT_MIN, "--timeout-min", min=1, help="Time limit per child in minutes "
                                     "(--executor slurm)."),
 ):
     """Train one model per (norm, batch size, seed) as child MLflow runs of one parent run, then report.
@@ -299,7 +299,7 @@ def sweep(
     interrupted one resumes from its checkpoint.
     """
     from medseg.config import load_config
-    from medseg.study.sweep import SweepSpec, run_sweep
+    from medseg.study.sweep import Execution, SweepSpec, run_sweep
 
     given = [(k, v) for k, v in (("samples", budget_samples), ("iterations", budget_iterations),
                                  ("minutes", budget_minutes)) if v is not None]
@@ -311,8 +311,8 @@ def sweep(
     spec = SweepSpec(norms=_csv(norms, str, "--norms"), batch_sizes=_csv(batch_sizes, int, "--batch-sizes"),
                      seeds=tuple(range(seeds)), budget=kind, budget_value=float(value), lr_rule=lr_rule,
                      evaluations=evaluations)
-    sid, parent_id, status = run_sweep(cfg, spec, sweep_id=sweep_id, log=_say, jobs=jobs, executor=executor,
-                                       slurm_partition=slurm_partition, timeout_min=timeout_min)
+    execution = Execution(executor=executor, jobs=jobs, slurm_partition=slurm_partition, timeout_min=timeout_min)
+    sid, parent_id, status = run_sweep(cfg, spec, sweep_id=sweep_id, log=_say, execution=execution)
     _sweep_report(cfg, sid, parent_id, status, report_dir, tracking_uri, plateau_delta)
 
 

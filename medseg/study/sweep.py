@@ -45,6 +45,7 @@ from medseg.keys import (
     SWEEP_ROLE_TAG,
 )
 from medseg.signals import stop_on_signals
+from medseg.study.rules import EXECUTORS, SLURM_TIMEOUT_MIN
 from medseg.tracking import Tracker, resolve_tracking_uri
 
 BudgetKind = Literal["samples", "iterations", "minutes"]
@@ -313,7 +314,44 @@ def run_local(tasks: list[Task], jobs: int, log: Log) -> tuple[dict[str, int], s
     return codes, stop.signal or interrupted
 
 
-EXECUTORS = ("local", "slurm", "submitit-local")
+@dataclass(frozen=True)
+class Execution:
+    """Where a sweep's children run, and how many at once.
+
+    Attributes:
+        executor: ``local`` (subprocesses on this machine), ``slurm`` (a submitit job array; each
+            child on its own node slot, one GPU when ``train.device`` is not cpu), or
+            ``submitit-local`` (submitit's local executor: the SLURM code path on this machine).
+        jobs: children run at once (see :func:`run_local`; on SLURM, the array's parallelism).
+        slurm_partition: SLURM partition (``slurm`` only; None = the cluster's default).
+        timeout_min: time limit per child on SLURM, in minutes.
+
+    Raises:
+        ConfigError: an unknown executor, or fewer than 1 job or minute.
+    """
+
+    executor: str = EXECUTORS[0]
+    jobs: int = 1
+    slurm_partition: str | None = None
+    timeout_min: int = SLURM_TIMEOUT_MIN
+
+    def __post_init__(self):
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"unknown executor {self.executor!r}; choose from {', '.join(EXECUTORS)}",
+                              "--executor")
+        for value, option in ((self.jobs, "--jobs"), (self.timeout_min, "--timeout-min")):
+            if value < 1:
+                raise ConfigError(f"must be at least 1, got {value}", option)
+
+    def run(self, tasks: list[Task], folder: Path, device: str, log: Log) -> tuple[dict[str, int], str | None]:
+        """Run ``tasks`` (see :func:`run_local` and :func:`run_submitit`); ``folder`` holds submitit's
+        job files, ``device`` is the children's ``train.device``. Returns (exit codes, interruption)."""
+        if self.executor == "local":
+            return run_local(tasks, self.jobs, log)
+        local = self.executor == "submitit-local"
+        return run_submitit(tasks, self.jobs, log, folder, cluster="local" if local else "slurm",
+                            timeout_min=self.timeout_min, slurm_partition=self.slurm_partition,
+                            gpus_per_child=0 if device == "cpu" or local else 1)
 
 
 def run_command(cmd: list[str]) -> int:
@@ -322,7 +360,7 @@ def run_command(cmd: list[str]) -> int:
 
 
 def run_submitit(tasks: list[Task], jobs: int, log: Log, folder: Path, cluster: str | None,
-                 timeout_min: int = 24 * 60, slurm_partition: str | None = None,
+                 timeout_min: int = SLURM_TIMEOUT_MIN, slurm_partition: str | None = None,
                  gpus_per_child: int = 0) -> tuple[dict[str, int], str | None]:
     """Run the tasks as one submitit job array: a SLURM job array (``cluster=None`` on a SLURM
     login node, or ``"slurm"``), or submitit's local executor (``"local"``: the same code path on
@@ -372,8 +410,7 @@ def run_submitit(tasks: list[Task], jobs: int, log: Log, folder: Path, cluster: 
 
 def run_sweep(base: Config, spec: SweepSpec, *, sweep_dir: Path | None = None, sweep_id: str | None = None,
               log: Log = lambda s: None, python: str = sys.executable,
-              jobs: int = 1, executor: str = "local", slurm_partition: str | None = None,
-              timeout_min: int = 24 * 60) -> tuple[str, str, dict[str, str]]:
+              execution: Execution = Execution()) -> tuple[str, str, dict[str, str]]:
     """Run (or continue) a sweep: one ``medseg train`` subprocess per unfinished child.
 
     Args:
@@ -381,11 +418,7 @@ def run_sweep(base: Config, spec: SweepSpec, *, sweep_dir: Path | None = None, s
             to every child; ``train.lr`` is the learning rate at ``train.batch_size``.
         sweep_dir: where child configs and run folders go (default ``output_dir/sweeps/<sweep_id>``).
         sweep_id: default :func:`sweep_id_for`.
-        jobs: children run at once (see :func:`run_local`; on SLURM, the array's parallelism).
-        executor: ``local`` (subprocesses on this machine), ``slurm`` (a submitit job array; each
-            child on its own node slot, one GPU when ``train.device`` is not cpu), or
-            ``submitit-local`` (submitit's local executor: the SLURM code path on this machine).
-        slurm_partition, timeout_min: SLURM settings of each array task.
+        execution: where the children run and how many at once (:class:`Execution`).
 
     Returns:
         (sweep id, parent run id, ``{child key: "finished" | "skipped" | "failed (exit N)"}``).
@@ -397,8 +430,6 @@ def run_sweep(base: Config, spec: SweepSpec, *, sweep_dir: Path | None = None, s
     """
     if base.data.root is None:
         raise ConfigError("no dataset: set data.root in the config or pass --data DIR", "data.root")
-    if executor not in EXECUTORS:
-        raise ConfigError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}", "--executor")
     from medseg.data import read_dataset
     dataset = read_dataset(base.data.root)  # bad data fails here, once, not in every child
     doc = base.model_dump(mode="json")
@@ -413,13 +444,7 @@ def run_sweep(base: Config, spec: SweepSpec, *, sweep_dir: Path | None = None, s
                                                      "tracking_uri": uri, "experiment": base.tracking.experiment,
                                                      **spec.to_dict()}, indent=1))
     tasks, status = _tasks(base, spec, sweep_id, sweep_dir, parent, dataset, python, log)
-    if executor == "local":
-        codes, interrupted = run_local(tasks, jobs, log)
-    else:
-        codes, interrupted = run_submitit(
-            tasks, jobs, log, sweep_dir / "submitit", cluster="local" if executor == "submitit-local" else "slurm",
-            timeout_min=timeout_min, slurm_partition=slurm_partition,
-            gpus_per_child=0 if base.train.device == "cpu" or executor == "submitit-local" else 1)
+    codes, interrupted = execution.run(tasks, sweep_dir / "submitit", base.train.device, log)
     for key, code in codes.items():
         status[key] = "finished" if code == 0 else f"failed (exit {code})"
     if interrupted:

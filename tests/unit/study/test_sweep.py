@@ -57,3 +57,14 @@ def test_a_niced_sweep_keeps_its_children_niced():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith(f"nice {expected}"), out.stdout
+
+
+@pytest.mark.parametrize("kwargs,word", [({"executor": "kubernetes"}, "--executor"), ({"jobs": 0}, "--jobs"),
+                                         ({"timeout_min": 0}, "--timeout-min")])
+def test_a_bad_execution_is_refused_by_name(kwargs, word):
+    from medseg.errors import ConfigError
+    from medseg.study.sweep import Execution
+
+    with pytest.raises(ConfigError) as e:
+        Execution(**kwargs)
+    assert e.value.path == word
