@@ -36,4 +36,5 @@ SWEEP_ROLE_TAG = "medseg.role"  # "parent" or "child"
 SWEEP_KEY_TAG = "medseg.sweep_key"  # a child's cell: <norm>_bs<batch size>_seed<seed>
 SUPERSEDED_TAG = "medseg.superseded"  # "true" on a child run replaced by a later attempt
 FAILED_CHILDREN_TAG = "medseg.failed_children"
+SINGLE_EXAMPLE_CONV_TAG = "medseg.single_example_conv"  # "onednn": a run whose code routes N = 1 (models/onednn_conv.py)
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own: nests a run under its parent in the UI

@@ -36,6 +36,7 @@ from medseg.keys import (
     PEAK_MEMORY_MB,
     RUN_DIR_TAG,
     SECONDS_PER_ITERATION,
+    SINGLE_EXAMPLE_CONV_TAG,
     TRAIN_LOSS,
     VAL_DICE_MEAN,
 )
@@ -335,7 +336,8 @@ def _open_run(ctx: RunContext, dataset: str, state: TrainState | None, resume_di
         return
     m = cfg.model
     tags = {"norm": m.norm, "batch_size": cfg.train.batch_size, "fold": cfg.data.fold, "dataset": dataset,
-            "seed": cfg.seed, "world_size": info.world_size, "amp": ctx.amp, **cfg.tracking.tags}
+            "seed": cfg.seed, "world_size": info.world_size, "amp": ctx.amp, SINGLE_EXAMPLE_CONV_TAG: "onednn",
+            **cfg.tracking.tags}
     if ctx.batch_statistics and info.enabled:
         tags["sync_bn"] = cfg.train.sync_bn
     if cfg.tracking.parent_run_id:

@@ -30,6 +30,7 @@ def test_mlflow_params_tags_metrics(trained):
     assert t["norm"] == "instance" and t["batch_size"] == "2" and t["fold"] == "1"
     assert t["dataset"] == "Hippocampus" and t["medseg_version"] and t["git_commit"]
     assert t["amp"] == effective_amp("cpu", "bf16")  # what ran: bf16 where this CPU has it natively
+    assert t["medseg.single_example_conv"] == "onednn"  # tells these runs from those before the routing
     for key in ("train_loss", "learning_rate", "val_dice_Anterior", "val_dice_Posterior", "val_dice_mean",
                 "seconds_per_iteration", "patches_per_second", "peak_memory_mb"):
         hist = client.get_metric_history(run.info.run_id, key)

@@ -59,11 +59,39 @@ def test_same_convolution_and_gradients_within_float32_rounding():
     assert torch.allclose(conv.bias.grad.double(), b64.grad, rtol=nv * U, atol=0)
 
 
-@pytest.mark.parametrize("shape,dtype", [((2, 8, 8, 8, 8), torch.float32), ((1, 8, 8, 8, 8), torch.float64)])
+@pytest.mark.parametrize("shape,dtype", [((2, 8, 8, 8, 8), torch.float32), ((1, 8, 8, 8, 8), torch.float64),
+                                         ((8, 8, 8, 8), torch.float32)])  # the last: unbatched (C, D, H, W)
 def test_other_inputs_run_the_parent_forward_unchanged(shape, dtype):
     conv = _conv().to(dtype)
     x = torch.randn(shape, dtype=dtype)
     assert torch.equal(conv(x), torch.nn.Conv3d.forward(conv, x))
+
+
+def test_an_unbatched_single_channel_input_is_not_mistaken_for_one_example():
+    conv = _conv(c_in=1)
+    x = torch.randn(1, 12, 20, 12)  # (C, D, H, W) with C = 1
+    assert conv(x).shape == (8, 12, 20, 12)
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_no_zero_example_where_pytorch_runs_onednn_already():
+    conv = _conv()
+    assert conv._route(torch.randn(1, 8, 12, 20, 12))
+    assert not conv._route(torch.randn(1, 8, 24, 120, 12))  # N * C * D * H = 23040 > 20480: oneDNN already
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast picks its own kernels
+        assert not conv._route(torch.randn(1, 8, 12, 20, 12))
+
+
+def test_no_zero_example_where_a_pair_would_stay_on_the_reference_kernel(one_thread):
+    head = route_single_examples_to_onednn(torch.nn.Sequential(torch.nn.Conv3d(8, 3, 1)))[0]  # 1 x 1 x 1
+    assert not head._route(torch.randn(1, 8, 12, 20, 12))
 
 
 def test_the_unet_uses_it_and_keeps_its_checkpoint_keys():
