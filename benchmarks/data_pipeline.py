@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     from medseg.training.distributed import DistInfo, rank_indices
     from medseg.training.patch_stream import EpochPatchStream
     from medseg.precision import effective_amp
-    from medseg.training.timing import time_training_step
+    from medseg.training.timing import StepVariant, time_training_step
 
     cache: dict = {}
     medseg_runner("instance", args.batch_size, 1, torch.device("cpu"), cache)  # preprocess and cache the volumes
@@ -65,7 +65,8 @@ def main(argv=None) -> int:
         rows.append({"workers": workers, "medseg_patches_per_s": a, "reference_patches_per_s": b, "ratio": a / b})
     device = torch.device(args.device)
     net = build_unet(NetworkSpec(1, 3, [16, 32, 64, 128], [1, 2, 2, 2], deep_supervision=True))
-    step = time_training_step(net, PATCH, args.batch_size, 1, 3, steps=5, warmup=2, device=device, amp=args.amp)
+    step = time_training_step(net, PATCH, args.batch_size, steps=5, warmup=2, device=device,
+                              variant=StepVariant(amp=args.amp))
     consume = args.batch_size / step
     for r in rows:
         r["training_step_patches_per_s"] = consume

@@ -29,7 +29,7 @@ VARIANTS = {"fp32": {}, "amp": {"amp": True}, "cl": {"channels_last": True}, "co
 def main() -> None:
     from medseg.precision import effective_amp
     from medseg.models import NetworkSpec, build_unet
-    from medseg.training.timing import time_training_step
+    from medseg.training.timing import StepVariant, time_training_step
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--norms", default="instance")
@@ -57,9 +57,9 @@ def main() -> None:
                 torch._dynamo.reset()  # each compiled variant compiles afresh (no recompile-limit fallback to eager)
                 net = build_unet(NetworkSpec(1, 3, FILTERS, STRIDES, norm=norm, deep_supervision=True))
                 with PeakMemory(device) as mem:
-                    s = time_training_step(net, PATCH, b, 1, 3, steps=args.iterations, warmup=2, device=device,
-                                           amp=amp, channels_last=opts.get("channels_last", False),
-                                           compile=opts.get("compile", False))
+                    variant = StepVariant(amp, opts.get("channels_last", False), opts.get("compile", False))
+                    s = time_training_step(net, PATCH, b, steps=args.iterations, warmup=2, device=device,
+                                           variant=variant)
                 base = base or s
                 rows.append({"norm": norm, "batch_size": b, "variant": v, "autocast": effective_amp(device, amp),
                              "seconds_per_iteration": s, "patches_per_second": b / s, "peak_memory_mb": mem.peak_mb,

@@ -35,7 +35,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from medseg.models import NetworkSpec, build_unet
     from medseg.models.onednn_conv import SingleExampleConv3d
-    from medseg.training.timing import time_training_step
+    from medseg.training.timing import StepVariant, time_training_step
 
     spec = NetworkSpec(1, 3, filters, [1, 2, 2, 2], norm="instance", deep_supervision=True)
 
@@ -50,8 +50,8 @@ def main() -> None:
     rows = []
     for batch in [int(v) for v in args.batch_sizes.split(",")]:
         for channels_last in (False, True):
-            t = {routed: time_training_step(network(routed), patch, batch, 1, 3, steps=args.steps, warmup=3,
-                                            channels_last=channels_last) for routed in (False, True)}
+            t = {routed: time_training_step(network(routed), patch, batch, steps=args.steps, warmup=3,
+                                            variant=StepVariant(channels_last=channels_last)) for routed in (False, True)}
             rows.append({"batch": batch, "layout": "channels_last" if channels_last else "contiguous",
                          "plain_s": t[False], "routed_s": t[True], "ratio": t[True] / t[False]})
     print_table(f"seconds per training iteration ({args.threads} thread(s), float32, filters {filters}, "

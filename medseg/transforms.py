@@ -92,12 +92,13 @@ def class_ratios(num_classes: int, foreground_oversampling: float) -> list[float
 
 def patch_sampling_and_augmentation(plan: Plan, *,
                                     foreground_oversampling: float = _SAMPLING.foreground_oversampling,
-                                    flip: bool = _AUG.flip, rotate_scale: bool = _AUG.rotate_scale,
-                                    rotation_degrees: float = _AUG.rotation_degrees,
-                                    scale_range: float = _AUG.scale_range, gamma: bool = _AUG.gamma,
-                                    noise: bool = _AUG.noise, brightness_contrast: bool = _AUG.brightness_contrast,
-                                    probability: float = _AUG.probability) -> T.Compose:
+                                    augment: AugmentConfig = _AUG) -> T.Compose:
     """Random patch crop (MONAI RandCropByLabelClassesd, classes balanced) then augmentation.
+
+    Args:
+        foreground_oversampling: share of crop centres on a foreground voxel (see :func:`class_ratios`).
+        augment: which transforms run and how strongly (the ``augment`` config section; its
+            ``on_device`` is for the caller: see ``training/patch_stream.py``).
 
     Output per sample: ``image`` (C, *patch_size) float32 and ``label`` (1, *patch_size).
     """
@@ -109,17 +110,18 @@ def patch_sampling_and_augmentation(plan: Plan, *,
         T.DeleteItemsd(keys=INDICES_KEY),
     ]
     assert len(chain) == CROP_STEPS  # DeviceAugmentation runs what follows on the training device
-    if rotate_scale and (rotation_degrees > 0 or scale_range > 0):
-        r = math.radians(rotation_degrees)
-        chain.append(T.RandAffined(keys=keys, prob=probability, rotate_range=(r, r, r), scale_range=scale_range,
+    a = augment
+    if a.rotate_scale and (a.rotation_degrees > 0 or a.scale_range > 0):
+        r = math.radians(a.rotation_degrees)
+        chain.append(T.RandAffined(keys=keys, prob=a.probability, rotate_range=(r, r, r), scale_range=a.scale_range,
                                    mode=("bilinear", "nearest"), padding_mode="zeros"))
-    if flip:
-        chain += [T.RandFlipd(keys=keys, prob=0.5, spatial_axis=a) for a in range(3)]
-    if noise:
-        chain.append(T.RandGaussianNoised(keys="image", prob=probability / 2, std=0.1))
-    if brightness_contrast:
-        chain.append(T.RandScaleIntensityd(keys="image", prob=probability, factors=0.25))
-        chain.append(T.RandScaleIntensityFixedMeand(keys="image", prob=probability, factors=0.25, preserve_range=True))
-    if gamma:
-        chain.append(T.RandAdjustContrastd(keys="image", prob=probability, gamma=(0.7, 1.5), retain_stats=True))
+    if a.flip:
+        chain += [T.RandFlipd(keys=keys, prob=0.5, spatial_axis=axis) for axis in range(3)]
+    if a.noise:
+        chain.append(T.RandGaussianNoised(keys="image", prob=a.probability / 2, std=0.1))
+    if a.brightness_contrast:
+        chain.append(T.RandScaleIntensityd(keys="image", prob=a.probability, factors=0.25))
+        chain.append(T.RandScaleIntensityFixedMeand(keys="image", prob=a.probability, factors=0.25, preserve_range=True))
+    if a.gamma:
+        chain.append(T.RandAdjustContrastd(keys="image", prob=a.probability, gamma=(0.7, 1.5), retain_stats=True))
     return T.Compose(chain)

@@ -212,16 +212,16 @@ def _parent(base: Config, spec: SweepSpec, sweep_id: str, uri: str, log: Log) ->
 def _measure_seconds_per_iteration(base: Config, child: Child, in_channels: int, num_classes: int,
                                    cache: dict) -> float:
     from medseg.models import NetworkSpec, build_unet
-    from medseg.training.timing import time_training_step
+    from medseg.training.timing import StepVariant, time_training_step
 
     key = (child.norm, child.batch_size)
     if key not in cache:
         if base.sampling.patch_size is None:
             raise ConfigError("a minutes budget needs sampling.patch_size in the config", "sampling.patch_size")
         net = build_unet(NetworkSpec.from_config(base.model, in_channels, num_classes, norm=child.norm))
-        cache[key] = time_training_step(net, base.sampling.patch_size, child.batch_size, in_channels, num_classes,
-                                        steps=3, warmup=1, amp=base.train.amp,
-                                        channels_last=base.train.channels_last, compile=base.train.compile)
+        variant = StepVariant(base.train.amp, base.train.channels_last, base.train.compile)
+        cache[key] = time_training_step(net, base.sampling.patch_size, child.batch_size, steps=3, warmup=1,
+                                        variant=variant)
     return cache[key]
 
 

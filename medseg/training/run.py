@@ -384,11 +384,8 @@ def _datasets(cfg: Config, plan, train_items, val_items, progress, world_size: i
     """Preprocessed validation volumes, and the training patch stream (see training/patch_stream.py)."""
     pre = mt.preprocessing(plan)
     prep = Compose([mt.patch_preparation(plan), EnsureTyped(keys=("image", "label"), track_meta=False)])
-    a = cfg.augment
-    rand = mt.patch_sampling_and_augmentation(
-        plan, foreground_oversampling=cfg.sampling.foreground_oversampling, flip=a.flip, rotate_scale=a.rotate_scale,
-        rotation_degrees=a.rotation_degrees, scale_range=a.scale_range, gamma=a.gamma, noise=a.noise,
-        brightness_contrast=a.brightness_contrast, probability=a.probability)
+    rand = mt.patch_sampling_and_augmentation(plan, foreground_oversampling=cfg.sampling.foreground_oversampling,
+                                              augment=cfg.augment)
     val = [pre(it) for it in progress(val_items, "Caching validation volumes", len(val_items))]
     if cfg.data.cache == "memory":
         volumes = [prep(pre(it)) for it in progress(train_items, "Caching training volumes", len(train_items))]

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from medseg import transforms as mt
+from medseg.config import AugmentConfig
 from medseg.data import compute_fingerprint, read_dataset
 from medseg.plan import make_plan
 from tests.conftest import SAMPLE, shared
@@ -63,9 +64,8 @@ def test_patches_are_padded_and_foreground_oversampled(hippo_plan):
         assert tuple(patch["image"].shape) == (1, 48, 64, 48) and tuple(patch["label"].shape) == (1, 48, 64, 48)
     plan_small = replace(hippo_plan, patch_size=(16, 16, 16))
     vol = mt.patch_preparation(plan_small)(mt.preprocessing(plan_small)(case))
-    crop_only = mt.patch_sampling_and_augmentation(plan_small, foreground_oversampling=1.0, flip=False,
-                                                   rotate_scale=False, gamma=False, noise=False,
-                                                   brightness_contrast=False)
+    off = AugmentConfig(flip=False, rotate_scale=False, gamma=False, noise=False, brightness_contrast=False)
+    crop_only = mt.patch_sampling_and_augmentation(plan_small, foreground_oversampling=1.0, augment=off)
     crop_only.set_random_state(0)
     assert all(torch.as_tensor(crop_only(dict(vol))[0]["label"]).max() > 0 for _ in range(20))
     assert mt.class_ratios(3, 0.33) == pytest.approx([0.67, 0.165, 0.165])

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from medseg import transforms as mt
+from medseg.config import AugmentConfig
 from medseg.data import compute_fingerprint, read_dataset
 from medseg.plan import make_plan
 from medseg.training import distributed as dist
@@ -33,7 +34,8 @@ def test_children_of_one_seed_see_the_same_patches_whatever_the_batch_size(volum
     """Batch 1 in 3 epochs of 4 iterations and batch 3 in 2 epochs of 2 iterations: the i-th patch
     is the same (case, crop centre, augmentation draws) for every i of the shorter run."""
     plan, vols = volumes
-    chain = lambda: mt.patch_sampling_and_augmentation(plan, probability=1.0)  # noqa: E731 every transform fires
+    every = AugmentConfig(probability=1.0)  # every transform fires
+    chain = lambda: mt.patch_sampling_and_augmentation(plan, augment=every)  # noqa: E731
     runs = {}
     for bs, ipe, epochs in ((1, 4, 3), (3, 2, 2)):
         stream = EpochPatchStream(vols, chain(), patches_per_epoch=ipe * bs, seed=7)
@@ -61,7 +63,8 @@ def sample_volumes():
 def test_device_augmentation_gives_the_workers_patches(sample_volumes):
     """Crop in the worker + augmentation on the device = the whole chain in the worker, patch by patch."""
     plan, volumes = sample_volumes
-    chain = lambda: mt.patch_sampling_and_augmentation(plan, probability=1.0)  # noqa: E731 every transform fires
+    every = AugmentConfig(probability=1.0)  # every transform fires
+    chain = lambda: mt.patch_sampling_and_augmentation(plan, augment=every)  # noqa: E731
     whole = EpochPatchStream(volumes, chain(), patches_per_epoch=6, seed=3)
     split = EpochPatchStream(volumes, chain(), patches_per_epoch=6, seed=3, worker_steps=mt.CROP_STEPS)
     on_device = DeviceAugmentation(split)
