@@ -395,7 +395,7 @@ def _datasets(cfg: Config, plan, train_items, val_items, progress, world_size: i
     else:
         volumes = Dataset(train_items, transform=Compose([pre, prep]))
     stream = EpochPatchStream(volumes, rand, cfg.train.iterations_per_epoch * cfg.train.batch_size * world_size,
-                              cfg.seed, worker_steps=mt.CROP_STEPS if a.on_device else None)
+                              cfg.seed, worker_steps=mt.CROP_STEPS if cfg.augment.on_device else None)
     return stream, val
 
 
