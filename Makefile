@@ -16,7 +16,11 @@ $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q --no-compile -e ".[test]"
+	@# pip byte-compiles one file after another; compileall uses every core (torch compiled itself above;
+	@# like pip, files that do not compile, such as a package's Python 2 examples, are skipped)
+	$(BIN)/python -m compileall -q -j 0 -x '/(torch|torchgen|functorch)/' \
+		"$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" > /dev/null || true
 	$(BIN)/python -m pip install -q "opencv-python-headless>=4.10,<5"
 	$(BIN)/python -m pip install -q --no-deps "pydicomrt==0.9.1"
 	touch $@
