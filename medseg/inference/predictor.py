@@ -55,8 +55,6 @@ class SegmentationResult:
     source_files: tuple[str, ...] = field(default=(), repr=False)
 
 
-
-
 def measure(case: str, labels: np.ndarray, affine: np.ndarray, label_names: dict[int, str], num_classes: int, *,
             probabilities: np.ndarray | None = None, header: nib.Nifti1Header | None = None,
             source_files: tuple[str, ...] = ()) -> SegmentationResult:
