@@ -49,7 +49,7 @@ from medseg.keys import (
 )
 from medseg.norm_registry import NORMS
 from medseg.study.rules import PLATEAU_DELTA
-from medseg.study.statistics import Comparison, case_dice, mean_ci, pairwise_table
+from medseg.study.statistics import ALPHA, Comparison, case_dice, mean_ci, pairwise_table
 from medseg.tracking import Tracker
 
 SUMMARY_METRICS = ("final_dice_mean", "best_dice_mean", "hd95_mean", "seconds_per_iteration", "patches_per_second",
@@ -221,10 +221,9 @@ def pairwise_markdown(table: list[Comparison]) -> str:
     head = ["batch size", "A", "B", "seeds", "cases", "mean Dice A - B [95 % CI]", "Wilcoxon p", "Holm p", "verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in table:
-        verdict = "tie" if c.tie else (f"{c.norm_a} better" if c.mean_difference > 0 else f"{c.norm_b} better")
         lines.append("| " + " | ".join([str(c.batch_size), c.norm_a, c.norm_b, str(c.seeds), str(c.cases),
                                         _ci(c.mean_difference, c.ci_low, c.ci_high, "+.3f"), _p(c.p_value),
-                                        _p(c.p_holm), verdict]) + " |")
+                                        _p(c.p_holm), c.verdict]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -234,7 +233,8 @@ def _p(p: float) -> str:
 
 def which_norm(summary: list[dict], table: list[Comparison]) -> list[dict]:
     """Per batch size: the norm with the highest final Dice, the norms tied with it (their paired CI
-    against it contains 0) and the norms worse than it."""
+    against it contains 0) and the norms worse than it. A norm is starred (``group*``) when the
+    Holm-corrected Wilcoxon test disagrees with the interval (statistics.Comparison.agree)."""
     out = []
     for bs in sorted({s["batch_size"] for s in summary}):
         cells = [s for s in summary if s["batch_size"] == bs and math.isfinite(s["case_dice_mean"])]
@@ -246,7 +246,7 @@ def which_norm(summary: list[dict], table: list[Comparison]) -> list[dict]:
             if s["norm"] == best:
                 continue
             (c,) = [c for c in table if c.batch_size == bs and {c.norm_a, c.norm_b} == {best, s["norm"]}]
-            (tied if c.tie else worse).append(s["norm"])
+            (tied if c.tie else worse).append(s["norm"] + ("" if c.agree else "*"))
         out.append({"batch_size": bs, "best": best, "tied_with_best": ", ".join(tied) or "-",
                     "worse": ", ".join(worse) or "-"})
     return out
@@ -256,6 +256,9 @@ def which_norm_markdown(rows: list[dict]) -> str:
     lines = ["| batch size | highest final Dice | tied with it (CI contains 0) | worse (CI excludes 0) |",
              "|---|---|---|---|"]
     lines += [f"| {r['batch_size']} | {r['best']} | {r['tied_with_best']} | {r['worse']} |" for r in rows]
+    if any("*" in r["tied_with_best"] + r["worse"] for r in rows):
+        lines += ["", f"\\* the Holm-corrected Wilcoxon test disagrees with the interval (Holm p < {ALPHA:g} for a "
+                  f"tie, Holm p ≥ {ALPHA:g} for a worse norm): see the pairwise table."]
     return "\n".join(lines) + "\n"
 
 
@@ -401,7 +404,8 @@ def _report_markdown(sweep_id: str, experiment: str, parent, rows: list[dict], s
             "the foreground labels of each case. Differences are paired over (case, seed): same cases, and per "
             "seed the same training patches and initial weights; averaged over seeds per case; 95 % BCa bootstrap "
             "CI with cases resampled; two-sided Wilcoxon signed-rank test on the per-case differences, Holm-corrected "
-            "across the whole pairwise table. Two norms tie when the CI contains 0.\n\n"
+            "across the whole pairwise table. Two norms tie when the CI contains 0; a verdict shows the Holm p "
+            f"beside it when the test disagrees (Holm p < {ALPHA:g} for a tie, ≥ {ALPHA:g} for a difference).\n\n"
             "## Which norm at which batch size\n\n" + which_norm_markdown(choice) +
             "\n## Pairwise comparisons\n\n" + pairwise_markdown(pairwise) +
             "\n## Summary (per norm and batch size)\n\n"

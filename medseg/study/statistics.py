@@ -13,7 +13,10 @@ and were validated on the same cases. For norms A and B at one batch size:
   two-sided), Holm-corrected across all comparisons of a table
   (``statsmodels.stats.multitest.multipletests``, Holm 1979).
 
-Two norms *tie* when the interval contains 0.
+Two norms *tie* when the interval contains 0. The verdict also says when the Holm-corrected test
+disagrees with the interval (an interval that excludes 0 with Holm p >= ALPHA, or one that contains 0
+with Holm p < ALPHA): the two answer slightly different questions (the mean difference vs the
+symmetry of the per-case differences about 0), and a reader should see both.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from scipy import stats
 CONFIDENCE = 0.95
 N_RESAMPLES = 10_000
 RANDOM_STATE = 0
+ALPHA = 0.05  # significance level of the Holm-corrected Wilcoxon test
 
 
 def case_dice(per_case: dict[tuple[str, str], float]) -> dict[str, float]:
@@ -70,8 +74,25 @@ class Comparison:
         """The confidence interval contains 0 (or there is nothing to compare)."""
         return not (self.ci_low > 0 or self.ci_high < 0)
 
+    @property
+    def significant(self) -> bool:
+        """The Holm-corrected Wilcoxon p-value is below ALPHA."""
+        return math.isfinite(self.p_holm) and self.p_holm < ALPHA
+
+    @property
+    def agree(self) -> bool:
+        """The interval and the Holm-corrected test give the same answer (both a difference, or neither)."""
+        return self.tie != self.significant
+
+    @property
+    def verdict(self) -> str:
+        """``tie``, ``<norm> better``, and when the Holm-corrected test disagrees with the interval,
+        the Holm p-value beside it (for example ``group better, Holm p 0.097``)."""
+        word = "tie" if self.tie else f"{self.norm_a if self.mean_difference > 0 else self.norm_b} better"
+        return word if self.agree or not math.isfinite(self.p_holm) else f"{word}, Holm p {self.p_holm:.2g}"
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "tie": self.tie}
+        return {**asdict(self), "tie": self.tie, "significant": self.significant, "verdict": self.verdict}
 
 
 def compare(d: np.ndarray) -> tuple[float, float, float, float]:

@@ -11,7 +11,8 @@ import pytest
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from medseg.study.report import build_report, plateau
+from medseg.study.report import build_report, plateau, which_norm, which_norm_markdown
+from medseg.study.statistics import Comparison
 from medseg.tracking import Tracker
 from medseg.keys import FINAL_DICE_MEAN
 from medseg.training.validation import case_dice_key
@@ -130,3 +131,13 @@ def test_the_report_tables_are_logged_as_mlflow_tables(synthetic_store, tmp_path
     path = client.download_artifacts(rep["parent_run_id"], "report/pairwise_table.json", str(tmp_path))
     doc = json.loads(open(path).read())
     assert len(doc["data"]) == 3 and {"mean_difference", "ci_low", "ci_high", "p_holm"} <= set(doc["columns"])
+
+
+def test_which_norm_stars_a_norm_whose_test_disagrees_with_its_interval():
+    summary = [{"batch_size": 2, "norm": n, "case_dice_mean": d} for n, d in (("instance", 0.85), ("group", 0.84))]
+    agree, disagree = (Comparison(2, "instance", "group", 2, 26, 0.007, 0.002, 0.012, p_value=p / 3, p_holm=p)
+                       for p in (0.001, 0.097))
+    assert which_norm(summary, [agree])[0]["worse"] == "group"
+    rows = which_norm(summary, [disagree])
+    assert rows[0]["best"] == "instance" and rows[0]["worse"] == "group*"
+    assert "disagrees with the interval" in which_norm_markdown(rows)
