@@ -17,7 +17,7 @@ from medseg.errors import EXIT_FAILED_CASES, Interrupted, MedsegError
 from medseg.keys import SWEEP_ID_TAG
 from medseg.norm_registry import NORMS
 from medseg.progress import rich_progress, silent
-from medseg.study.rules import EXECUTORS, PLATEAU_DELTA, SLURM_TIMEOUT_MIN
+from medseg.study.rules import EVALUATIONS, EXECUTORS, JOBS, LR_RULE, PLATEAU_DELTA, SLURM_TIMEOUT_MIN
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="3D U-Net segmentation of CT/MRI volumes with a choice of normalization, tracked in MLflow.")
@@ -273,8 +273,8 @@ def sweep(
     budget_iterations: int | None = typer.Option(None, "--budget-iterations", min=1, help="Iterations per run."),
     budget_minutes: float | None = typer.Option(None, "--budget-minutes", min=0.01, help="Training minutes per "
                                                    "run (iterations from a measured s/it)."),
-    lr_rule: str = typer.Option("sqrt", "--lr-rule", help="Learning rate vs batch size: sqrt, linear or none."),
-    evaluations: int = typer.Option(5, "--evaluations", min=1, help="Validations per run (learning-curve points)."),
+    lr_rule: str = typer.Option(LR_RULE, "--lr-rule", help="Learning rate vs batch size: sqrt, linear or none."),
+    evaluations: int = typer.Option(EVALUATIONS, "--evaluations", min=1, help="Validations per run (learning-curve points)."),
     fold: int | None = typer.Option(None, "--fold", help="Validation fold (overrides data.fold)."),
     set_: list[str] = typer.Option([], "--set", help="Override a base config value: section.key=value."),
     experiment: str | None = typer.Option(None, "--experiment", help="MLflow experiment name."),
@@ -283,7 +283,7 @@ def sweep(
                                            "definition, so rerunning the same command continues it)."),
     report_dir: Path | None = typer.Option(None, "--report-dir", help="Report folder (default: "
                                               "<output_dir>/sweeps/<id>/report)."),
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Children run at once on this machine (one GPU each "
+    jobs: int = typer.Option(JOBS, "--jobs", "-j", min=1, help="Children run at once on this machine (one GPU each "
                              "when there are GPUs, else the CPU threads split between them)."),
     plateau_delta: float = typer.Option(PLATEAU_DELTA, "--plateau-delta", min=0.0, help="A child whose last "
                                         "validation improved mean Dice by more than this is reported not converged."),

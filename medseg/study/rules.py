@@ -9,3 +9,13 @@ EXECUTORS = ("local", "slurm", "submitit-local")
 
 SLURM_TIMEOUT_MIN = 24 * 60
 """Default time limit per child on SLURM, in minutes (``--timeout-min``)."""
+
+LR_RULE = "sqrt"
+"""Default learning-rate rule across batch sizes (``--lr-rule``; the rules are in
+:data:`medseg.study.sweep.LR_RULES`)."""
+
+EVALUATIONS = 5
+"""Default validations per child, the points of its learning curve (``--evaluations``)."""
+
+JOBS = 1
+"""Default number of children run at once (``--jobs``)."""

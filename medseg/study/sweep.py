@@ -45,7 +45,7 @@ from medseg.keys import (
     SWEEP_ROLE_TAG,
 )
 from medseg.signals import stop_on_signals
-from medseg.study.rules import EXECUTORS, SLURM_TIMEOUT_MIN
+from medseg.study.rules import EVALUATIONS, EXECUTORS, JOBS, LR_RULE, SLURM_TIMEOUT_MIN
 from medseg.tracking import Tracker, resolve_tracking_uri
 
 BudgetKind = Literal["samples", "iterations", "minutes"]
@@ -91,8 +91,8 @@ class SweepSpec:
     seeds: tuple[int, ...]
     budget: BudgetKind
     budget_value: float
-    lr_rule: str = "sqrt"
-    evaluations: int = 5
+    lr_rule: str = LR_RULE
+    evaluations: int = EVALUATIONS
 
     def __post_init__(self):
         from medseg.norm_registry import NORMS
@@ -331,7 +331,7 @@ class Execution:
     """
 
     executor: str = EXECUTORS[0]
-    jobs: int = 1
+    jobs: int = JOBS
     slurm_partition: str | None = None
     timeout_min: int = SLURM_TIMEOUT_MIN
 
