@@ -5,7 +5,8 @@ set -euo pipefail
 STORE=${STORE:-sqlite:///docs/results/norm_study_ct/mlflow.db}
 DATA=${DATA:-../shared/data/OpenKBP_HeadNeckCT}
 JOBS=${JOBS:-2}  # on the MRI arm 1.30x faster than 1 on 2 cores (benchmarks/sweep_jobs.py); not measured on CT
-# instance, group and batch norm x batch sizes 1 and 4 x 2 seeds (12 children), 4800 patches each
-medseg sweep --config configs/sweep_openkbp_ct.yaml --data "$DATA" --evaluations 8 --tracking-uri "$STORE" \
+# instance, group and batch norm x batch sizes 1 and 4 x 2 seeds (12 children), 7200 patches each
+# (validated every 600, as in the MRI arm)
+medseg sweep --config configs/sweep_openkbp_ct.yaml --data "$DATA" --evaluations 12 --tracking-uri "$STORE" \
   --jobs "$JOBS" --set output_dir=runs --norms instance,group,batch --batch-sizes 1,4 --seeds 2 \
-  --budget-samples 4800 --sweep-id ct_main --report-dir docs/results/norm_study_ct/report
+  --budget-samples 7200 --sweep-id ct_main --report-dir docs/results/norm_study_ct/report
