@@ -49,7 +49,7 @@ from medseg.keys import (
 )
 from medseg.norm_registry import NORMS
 from medseg.study.rules import PLATEAU_DELTA
-from medseg.study.statistics import ALPHA, Comparison, case_dice, mean_ci, pairwise_table
+from medseg.study.statistics import ALPHA, Comparison, batch_size_table, case_dice, mean_ci, pairwise_table
 from medseg.tracking import Tracker
 
 SUMMARY_METRICS = ("final_dice_mean", "best_dice_mean", "hd95_mean", "seconds_per_iteration", "patches_per_second",
@@ -227,6 +227,20 @@ def pairwise_markdown(table: list[Comparison]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def batch_size_markdown(table: list[Comparison]) -> str:
+    """The per-norm batch-size comparisons (statistics.batch_size_table) as a Markdown table."""
+    if not table:
+        return "One batch size only: nothing to compare.\n"
+    head = ["norm", "batch size A", "batch size B", "seeds", "cases", "mean Dice A - B [95 % CI]", "Wilcoxon p",
+            "Holm p", "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in table:
+        lines.append("| " + " | ".join([c.norm_a, str(c.batch_size), str(c.batch_size_b), str(c.seeds), str(c.cases),
+                                        _ci(c.mean_difference, c.ci_low, c.ci_high, "+.3f"), _p(c.p_value),
+                                        _p(c.p_holm), c.verdict]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _p(p: float) -> str:
     return "-" if not math.isfinite(p) else (f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}")
 
@@ -343,13 +357,15 @@ def build_report(tracking_uri: str, experiment: str, folder: Path, sweep_id: str
     """Build the report of a sweep from the MLflow store and write it to ``folder``.
 
     Writes ``runs.csv`` (one row per child run), ``cases.csv`` (final-model Dice per child, case
-    and label), ``summary.csv`` and ``pairwise.csv``, ``summary.md`` (convergence, which norm at
-    which batch size, the paired comparisons, the summary and batch-dependence tables) and the PNG
+    and label), ``summary.csv``, ``pairwise.csv`` and ``batch_size_effect.csv`` (each norm at smaller
+    batch sizes against itself at the largest), ``summary.md`` (convergence, which norm at which
+    batch size, the paired comparisons, the summary and batch-dependence tables) and the PNG
     plots; logs them to the parent run under ``report/``, the tables also as MLflow tables
     (``report/*.json``, shown as tables in MLflow's artifact view).
 
     Returns:
-        ``{"sweep_id", "parent_run_id", "rows", "summary", "pairwise", "which_norm", "converged", "folder"}``.
+        ``{"sweep_id", "parent_run_id", "rows", "summary", "pairwise", "batch_size_effect", "which_norm",
+        "converged", "folder"}``.
 
     Raises:
         MedsegError: no such experiment or sweep, or no finished child run.
@@ -361,23 +377,27 @@ def build_report(tracking_uri: str, experiment: str, folder: Path, sweep_id: str
     if not rows:
         raise MedsegError(f"sweep {sweep_id} has no finished child run yet", experiment)
     summary = summarize_runs(rows)
-    pairwise = pairwise_table(_dice_by_cell(rows), list(NORM_ORDER))
+    dice = _dice_by_cell(rows)
+    pairwise, by_batch_size = pairwise_table(dice, list(NORM_ORDER)), batch_size_table(dice, list(NORM_ORDER))
     choice = which_norm(summary, pairwise)
     folder = Path(folder)
-    _write_csvs(folder, rows, summary, pairwise)
+    _write_csvs(folder, rows, summary, pairwise, by_batch_size)
     converged = sum(r["converged"] for r in rows)
-    text = _report_markdown(sweep_id, experiment, parent, rows, summary, pairwise, choice, plateau_delta)
+    text = _report_markdown(sweep_id, experiment, parent, rows, summary, (pairwise, by_batch_size), choice,
+                            plateau_delta)
     atomic_write_text(folder / "summary.md", text)
     plot_report(rows, summary, folder)
     if log_to_parent:
         client.log_artifacts(parent.info.run_id, str(folder), "report")
-        _log_tables(client, parent.info.run_id, summary, pairwise, choice)
+        _log_tables(client, parent.info.run_id, summary, (pairwise, by_batch_size), choice)
     return {"sweep_id": sweep_id, "parent_run_id": parent.info.run_id, "rows": rows, "summary": summary,
-            "pairwise": pairwise, "which_norm": choice, "converged": converged, "folder": folder}
+            "pairwise": pairwise, "batch_size_effect": by_batch_size, "which_norm": choice, "converged": converged,
+            "folder": folder}
 
 
-def _write_csvs(folder: Path, rows: list[dict], summary: list[dict], pairwise: list[Comparison]) -> None:
-    """runs.csv, cases.csv, summary.csv and pairwise.csv in ``folder`` (created)."""
+def _write_csvs(folder: Path, rows: list[dict], summary: list[dict], pairwise: list[Comparison],
+                by_batch_size: list[Comparison]) -> None:
+    """runs.csv, cases.csv, summary.csv, pairwise.csv and batch_size_effect.csv in ``folder`` (created)."""
     folder.mkdir(parents=True, exist_ok=True)
     write_csv([{k: v for k, v in r.items() if k not in ("curve", "cases")} for r in rows], folder / "runs.csv")
     write_csv([{"run_id": r["run_id"], "norm": r["norm"], "batch_size": r["batch_size"], "seed": r["seed"],
@@ -385,11 +405,15 @@ def _write_csvs(folder: Path, rows: list[dict], summary: list[dict], pairwise: l
               folder / "cases.csv")
     write_csv(summary, folder / "summary.csv")
     write_csv([c.to_dict() for c in pairwise], folder / "pairwise.csv")
+    if by_batch_size:
+        write_csv([c.to_dict() for c in by_batch_size], folder / "batch_size_effect.csv")
 
 
 def _report_markdown(sweep_id: str, experiment: str, parent, rows: list[dict], summary: list[dict],
-                     pairwise: list[Comparison], choice: list[dict], plateau_delta: float) -> str:
-    """summary.md: convergence, design, which norm at which batch size, the tables."""
+                     tables: tuple[list[Comparison], list[Comparison]], choice: list[dict], plateau_delta: float) -> str:
+    """summary.md: convergence, design, which norm at which batch size, the tables (``tables``: the
+    pairwise and the batch-size comparisons)."""
+    pairwise, by_batch_size = tables
     converged = sum(r["converged"] for r in rows)
     p = parent.data.params
     status = (f"**All {len(rows)} children converged** (last validation gain ≤ {plateau_delta:g} mean Dice)."
@@ -408,6 +432,9 @@ def _report_markdown(sweep_id: str, experiment: str, parent, rows: list[dict], s
             f"beside it when the test disagrees (Holm p < {ALPHA:g} for a tie, ≥ {ALPHA:g} for a difference).\n\n"
             "## Which norm at which batch size\n\n" + which_norm_markdown(choice) +
             "\n## Pairwise comparisons\n\n" + pairwise_markdown(pairwise) +
+            "\n## Batch size, per norm\n\nEach norm at each smaller batch size against itself at the largest, "
+            "paired the same way (for one seed, the same patches in the same order and the same initial weights), "
+            "Holm-corrected across this table.\n\n" + batch_size_markdown(by_batch_size) +
             "\n## Summary (per norm and batch size)\n\n"
             "CI: over cases (seeds averaged per case). ± : standard deviation over seeds. The best-epoch Dice is "
             "selected on the same validation cases, so it is optimistic; it is shown, not ranked by.\n\n"
@@ -418,8 +445,11 @@ def _report_markdown(sweep_id: str, experiment: str, parent, rows: list[dict], s
     return text
 
 
-def _log_tables(client, run_id: str, summary: list[dict], pairwise: list[Comparison], choice: list[dict]) -> None:
-    """The report's tables as MLflow tables (JSON artifacts MLflow's artifact view renders as tables)."""
+def _log_tables(client, run_id: str, summary: list[dict], tables: tuple[list[Comparison], list[Comparison]],
+                choice: list[dict]) -> None:
+    """The report's tables as MLflow tables (JSON artifacts MLflow's artifact view renders as tables);
+    ``tables``: the pairwise and the batch-size comparisons."""
+    pairwise, by_batch_size = tables
     import pandas as pd
 
     cols = ["norm", "batch_size", "seeds", "converged", "case_dice_mean", "case_dice_ci_low", "case_dice_ci_high",
@@ -429,3 +459,5 @@ def _log_tables(client, run_id: str, summary: list[dict], pairwise: list[Compari
     client.log_table(run_id, pd.DataFrame([{k: s[k] for k in cols} for s in summary]), "report/summary_table.json")
     client.log_table(run_id, pd.DataFrame([c.to_dict() for c in pairwise]), "report/pairwise_table.json")
     client.log_table(run_id, pd.DataFrame(choice), "report/which_norm_table.json")
+    if by_batch_size:
+        client.log_table(run_id, pd.DataFrame([c.to_dict() for c in by_batch_size]), "report/batch_size_table.json")

@@ -13,6 +13,9 @@ and were validated on the same cases. For norms A and B at one batch size:
   two-sided), Holm-corrected across all comparisons of a table
   (``statsmodels.stats.multitest.multipletests``, Holm 1979).
 
+The same statistics compare one norm at a smaller batch size with itself at the sweep's largest
+(:func:`batch_size_table`, its own Holm family): for one seed those children are paired too.
+
 Two norms *tie* when the interval contains 0. The verdict also says when the Holm-corrected test
 disagrees with the interval (an interval that excludes 0 with Holm p >= ALPHA, or one that contains 0
 with Holm p < ALPHA): the two answer slightly different questions (the mean difference vs the
@@ -56,7 +59,9 @@ def paired_case_differences(a: dict[int, dict[str, float]], b: dict[int, dict[st
 
 @dataclass
 class Comparison:
-    """One paired comparison of two norms at one batch size (differences are A - B, in Dice)."""
+    """One paired comparison of two cells (differences are A - B, in Dice): two norms at one batch
+    size, or, when ``batch_size_b`` is set, one norm (``norm_a == norm_b``) at ``batch_size`` (A) and
+    at ``batch_size_b`` (B)."""
 
     batch_size: int
     norm_a: str
@@ -68,6 +73,14 @@ class Comparison:
     ci_high: float
     p_value: float
     p_holm: float = math.nan
+    batch_size_b: int | None = None
+
+    @property
+    def labels(self) -> tuple[str, str]:
+        """Names of A and B: the norms, or ``batch size <b>`` when one norm is compared across batch sizes."""
+        if self.batch_size_b is None:
+            return self.norm_a, self.norm_b
+        return f"batch size {self.batch_size}", f"batch size {self.batch_size_b}"
 
     @property
     def tie(self) -> bool:
@@ -88,7 +101,7 @@ class Comparison:
     def verdict(self) -> str:
         """``tie``, ``<norm> better``, and when the Holm-corrected test disagrees with the interval,
         the Holm p-value beside it (for example ``group better, Holm p 0.097``)."""
-        word = "tie" if self.tie else f"{self.norm_a if self.mean_difference > 0 else self.norm_b} better"
+        word = "tie" if self.tie else f"{self.labels[0] if self.mean_difference > 0 else self.labels[1]} better"
         return word if self.agree or not math.isfinite(self.p_holm) else f"{word}, Holm p {self.p_holm:.2g}"
 
     def to_dict(self) -> dict:
@@ -124,6 +137,22 @@ def holm(p_values: list[float]) -> list[float]:
     return out
 
 
+def _compare_cells(dice: dict[tuple[str, int], dict[int, dict[str, float]]],
+                   pairs: list[tuple[tuple[str, int], tuple[str, int]]]) -> list[Comparison]:
+    """Paired comparison of each pair of cells ``((norm, batch size), (norm, batch size))``,
+    Holm-corrected across the pairs."""
+    rows = []
+    for (na, ba), (nb, bb) in pairs:
+        a, b = dice[(na, ba)], dice[(nb, bb)]
+        d = paired_case_differences(a, b)
+        mean, lo, hi, p = compare(d)
+        rows.append(Comparison(ba, na, nb, len(set(a) & set(b)), int(d.size), mean, lo, hi, p,
+                               batch_size_b=None if ba == bb else bb))
+    for row, p in zip(rows, holm([r.p_value for r in rows])):
+        row.p_holm = p
+    return rows
+
+
 def pairwise_table(dice: dict[tuple[str, int], dict[int, dict[str, float]]], norm_order: list[str]) -> list[Comparison]:
     """Every pair of norms at every batch size, Holm-corrected across the whole table.
 
@@ -131,18 +160,31 @@ def pairwise_table(dice: dict[tuple[str, int], dict[int, dict[str, float]]], nor
         dice: ``{(norm, batch size): {seed: {case: Dice}}}``.
         norm_order: norms in display order (A comes before B in it).
     """
-    rows = []
+    pairs = []
     for bs in sorted({b for _, b in dice}):
         norms = [n for n in norm_order if (n, bs) in dice]
-        for i, na in enumerate(norms):
-            for nb in norms[i + 1:]:
-                a, b = dice[(na, bs)], dice[(nb, bs)]
-                d = paired_case_differences(a, b)
-                mean, lo, hi, p = compare(d)
-                rows.append(Comparison(bs, na, nb, len(set(a) & set(b)), int(d.size), mean, lo, hi, p))
-    for row, p in zip(rows, holm([r.p_value for r in rows])):
-        row.p_holm = p
-    return rows
+        pairs += [((na, bs), (nb, bs)) for i, na in enumerate(norms) for nb in norms[i + 1:]]
+    return _compare_cells(dice, pairs)
+
+
+def batch_size_table(dice: dict[tuple[str, int], dict[int, dict[str, float]]],
+                     norm_order: list[str]) -> list[Comparison]:
+    """Each norm at each smaller batch size against the same norm at the largest batch size of the
+    sweep (A = the smaller batch size), Holm-corrected across this table. For one seed, children of
+    one norm at different batch sizes saw the same patches in the same order from the same initial
+    weights, so these differences are paired like the norms' (same seeds, same cases).
+
+    Args:
+        dice: ``{(norm, batch size): {seed: {case: Dice}}}``.
+        norm_order: norms in display order.
+
+    Returns:
+        comparisons with ``batch_size_b`` set to the largest batch size; empty with one batch size.
+    """
+    largest = max((b for _, b in dice), default=0)
+    pairs = [((n, b), (n, largest)) for n in norm_order if (n, largest) in dice
+             for b in sorted(b for m, b in dice if m == n and b != largest)]
+    return _compare_cells(dice, pairs)
 
 
 def mean_ci(values: np.ndarray) -> tuple[float, float, float]:

@@ -4,6 +4,7 @@ scipy and statsmodels, are checked through the report in test_report.py
 import math
 
 import numpy as np
+import pytest
 
 from medseg.study.statistics import Comparison, compare
 
@@ -27,3 +28,37 @@ def test_the_verdict_shows_the_holm_p_only_when_the_test_disagrees_with_the_inte
     assert _comparison(-0.001, 0.012, 0.01).verdict == "tie, Holm p 0.01"
     assert _comparison(0.002, 0.012, math.nan).verdict == "instance better"
 
+
+
+def test_the_batch_size_table_compares_each_norm_with_itself_at_the_largest_batch_size():
+    from scipy import stats
+
+    from medseg.study.statistics import batch_size_table
+    cases = [f"c{i}" for i in range(12)]
+
+    def dice(norm: str, bs: int, seed: int, i: int) -> float:
+        # batch norm loses 0.03 + 0.002 * case at batch 1 and nothing at batch 2; instance norm
+        # moves by +-0.005 alternating by case (no effect); seeds shift every cell alike
+        base = 0.8 + 0.005 * i + 0.01 * seed
+        if norm == "batch":
+            return base - (0.03 + 0.002 * i if bs == 1 else 0.0)
+        return base + (0.005 * (-1) ** i if bs == 1 else 0.0)
+
+    table = {(n, b): {s: {c: dice(n, b, s, i) for i, c in enumerate(cases)} for s in (0, 1)}
+             for n in ("instance", "batch") for b in (1, 2, 4)}
+    rows = {(c.norm_a, c.batch_size): c for c in batch_size_table(table, ["instance", "batch"])}
+    assert set(rows) == {("instance", 1), ("instance", 2), ("batch", 1), ("batch", 2)}
+    bn1 = rows[("batch", 1)]
+    assert bn1.norm_b == "batch" and bn1.batch_size_b == 4 and bn1.seeds == 2 and bn1.cases == 12
+    # the per-case differences in the table's case order (sorted names: the bootstrap's resamples
+    # depend on it); hand-checkable: -(0.03 + 0.002 i) for case c<i>, mean -0.041
+    d = np.array([np.mean([table[("batch", 1)][s][c] - table[("batch", 4)][s][c] for s in (0, 1)])
+                  for c in sorted(cases)])
+    assert d == pytest.approx([-(0.03 + 0.002 * int(c[1:])) for c in sorted(cases)], abs=1e-12)
+    assert bn1.mean_difference == pytest.approx(-0.041, abs=1e-12)
+    ci = stats.bootstrap((d,), np.mean, n_resamples=10_000, method="BCa", random_state=0).confidence_interval
+    assert (bn1.ci_low, bn1.ci_high) == (pytest.approx(ci.low, abs=1e-12), pytest.approx(ci.high, abs=1e-12))
+    assert bn1.p_value == pytest.approx(stats.wilcoxon(d).pvalue, rel=1e-9)
+    assert bn1.verdict == "batch size 4 better"
+    assert rows[("instance", 1)].tie and rows[("batch", 2)].mean_difference == pytest.approx(0, abs=1e-12)
+    assert batch_size_table({k: v for k, v in table.items() if k[1] == 4}, ["instance", "batch"]) == []
