@@ -135,7 +135,7 @@ def collect_runs(client, experiment_id: str, sweep_id: str, plateau_delta: float
     return sorted(rows, key=lambda x: (x["batch_size"], order.get(x["norm"], 99), x["seed"]))
 
 
-def _dice_by_cell(rows: list[dict]) -> dict[tuple[str, int], dict[int, dict[str, float]]]:
+def dice_by_cell(rows: list[dict]) -> dict[tuple[str, int], dict[int, dict[str, float]]]:
     """``{(norm, batch size): {seed: {case: final-model Dice (mean over labels)}}}``."""
     out: dict = defaultdict(dict)
     for r in rows:
@@ -158,7 +158,7 @@ def summarize_runs(rows: list[dict]) -> list[dict]:
     for r in rows:
         groups[(r["norm"], r["batch_size"])].append(r)
     metrics = list(SUMMARY_METRICS) + _class_keys(rows)
-    by_cell = _dice_by_cell(rows)
+    by_cell = dice_by_cell(rows)
     out = []
     for (norm, bs), rs in groups.items():
         s = {"norm": norm, "batch_size": bs, "seeds": len(rs), "converged": sum(r["converged"] for r in rs),
@@ -377,7 +377,7 @@ def build_report(tracking_uri: str, experiment: str, folder: Path, sweep_id: str
     if not rows:
         raise MedsegError(f"sweep {sweep_id} has no finished child run yet", experiment)
     summary = summarize_runs(rows)
-    dice = _dice_by_cell(rows)
+    dice = dice_by_cell(rows)
     pairwise, by_batch_size = pairwise_table(dice, list(NORM_ORDER)), batch_size_table(dice, list(NORM_ORDER))
     choice = which_norm(summary, pairwise)
     folder = Path(folder)
