@@ -305,6 +305,34 @@ def _errorbar_plot(ax, summary: list[dict], key: str, ylabel: str) -> None:
     ax.set_xticks(sorted({s["batch_size"] for s in summary}))
 
 
+def plot_paired_differences(pairwise: list[Comparison], path: Path) -> Path | None:
+    """Each norm's paired difference in final Dice from the reference norm (instance norm, the
+    default, else the first norm of the sweep) at each batch size, with its 95 % CI: unlike the
+    per-norm CIs of dice_vs_batch_size.png, these intervals pair cases and training streams.
+    Returns ``path``, or None when the sweep has one norm."""
+    norms = [n for n in NORM_ORDER if any(n in (c.norm_a, c.norm_b) for c in pairwise)]
+    if not norms:
+        return None
+    ref = norms[0]
+    others = [n for n in norms if n != ref]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for i, norm in enumerate(others):
+        cs = sorted([c for c in pairwise if {c.norm_a, c.norm_b} == {ref, norm} and math.isfinite(c.mean_difference)],
+                    key=lambda c: c.batch_size)
+        sign = -1.0 if cs and cs[0].norm_a == ref else 1.0  # plot norm - ref
+        x = np.array([c.batch_size for c in cs]) + (i - (len(others) - 1) / 2) * 0.06
+        y = np.array([sign * c.mean_difference for c in cs])
+        bounds = np.array([sorted((sign * c.ci_low, sign * c.ci_high)) for c in cs]).reshape(-1, 2)
+        ax.errorbar(x, y, yerr=np.abs(bounds.T - y) if len(cs) else None, marker="o", capsize=4,
+                    label=norm, color=f"C{NORM_ORDER.index(norm)}")
+    ax.axhline(0, color=f"C{NORM_ORDER.index(ref)}", lw=1.5, label=f"{ref} (reference)")
+    ax.set_xlabel("batch size"), ax.set_ylabel(f"final mean Dice: norm - {ref} (paired, 95 % CI)")
+    ax.set_xticks(sorted({c.batch_size for c in pairwise})), ax.grid(alpha=0.3), ax.legend()
+    ax.set_title(f"Paired difference from {ref} norm")
+    fig.tight_layout(), fig.savefig(path, dpi=110), plt.close(fig)
+    return path
+
+
 def plot_report(rows: list[dict], summary: list[dict], folder: Path) -> list[Path]:
     """dice_vs_batch_size.png (final Dice with 95 % CI), learning_curves.png (plateau marked),
     speed_memory.png in ``folder``."""
@@ -387,6 +415,7 @@ def build_report(tracking_uri: str, experiment: str, folder: Path, sweep_id: str
                             plateau_delta)
     atomic_write_text(folder / "summary.md", text)
     plot_report(rows, summary, folder)
+    plot_paired_differences(pairwise, folder / "paired_differences.png")
     if log_to_parent:
         client.log_artifacts(parent.info.run_id, str(folder), "report")
         _log_tables(client, parent.info.run_id, summary, (pairwise, by_batch_size), choice)

@@ -123,7 +123,7 @@ def test_the_report_tables_are_logged_as_mlflow_tables(synthetic_store, tmp_path
     client = MlflowClient(tracking_uri=uri)
     logged = {a.path for a in client.list_artifacts(rep["parent_run_id"], "report")}
     assert {"report/summary_table.json", "report/pairwise_table.json", "report/which_norm_table.json",
-            "report/summary.md", "report/learning_curves.png"} <= logged
+            "report/summary.md", "report/learning_curves.png", "report/paired_differences.png"} <= logged
     # the tag MLflow's artifact view reads to render a JSON artifact as a table
     tables = json.loads(client.get_run(rep["parent_run_id"]).data.tags["mlflow.loggedArtifacts"])
     assert {(t["path"], t["type"]) for t in tables} >= {("report/pairwise_table.json", "table"),
