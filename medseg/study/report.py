@@ -52,7 +52,7 @@ from medseg.study.rules import PLATEAU_DELTA
 from medseg.study.statistics import ALPHA, Comparison, batch_size_table, case_dice, mean_ci, pairwise_table
 from medseg.tracking import Tracker
 
-SUMMARY_METRICS = ("final_dice_mean", "best_dice_mean", "hd95_mean", "seconds_per_iteration", "patches_per_second",
+SUMMARY_METRICS = ("final_dice_mean", "last_third_gain", "best_dice_mean", "hd95_mean", "seconds_per_iteration", "patches_per_second",
                    "peak_memory_mb", "final_train_loss", "bn_batch_stats_gap", "batch_dependence_train",
                    "batch_dependence_eval")
 NORM_ORDER = NORMS
@@ -113,11 +113,13 @@ def collect_runs(client, experiment_id: str, sweep_id: str, plateau_delta: float
         loss = _history(client, run_id, TRAIN_LOSS)
         curve = [((s + 1) * ipe * bs, v) for s, v in _history(client, run_id, VAL_DICE_MEAN)]
         gain, converged = plateau(curve, plateau_delta)
+        third = curve[-1][1] - curve[-1 - len(curve) // 3][1] if len(curve) >= 3 else math.nan
         cases = per_case_dice(m)
         row = {"run_id": run_id, "norm": p["model.norm"], "batch_size": bs, "seed": int(p["seed"]),
                "iterations": ipe * int(p["train.epochs"]), "samples": ipe * int(p["train.epochs"]) * bs,
                "lr": float(p["train.lr"]), "final_dice_mean": m.get(FINAL_DICE_MEAN, math.nan),
                "best_dice_mean": m.get(BEST_DICE_MEAN, math.nan), "last_gain": gain, "converged": converged,
+               "last_third_gain": third,
                "hd95_mean": m.get("best_val_hd95_mean", math.nan),
                "seconds_per_iteration": float(np.mean([v for _, v in epochs])) if epochs else math.nan,
                "patches_per_second": float(np.mean([v for _, v in
@@ -198,14 +200,15 @@ def markdown_table(summary: list[dict]) -> str:
     the other metrics, the best epoch's Dice beside (not ranked by)."""
     classes = sorted({k[:-5] for s in summary for k in s if k.startswith("final_dice_") and k.endswith("_mean")
                       and k[:-5] not in SUMMARY_METRICS})
-    head = (["norm", "batch size", "seeds", "converged", "iterations", "lr", "final Dice [95 % CI]",
+    head = (["norm", "batch size", "seeds", "converged", "gain over the last third", "iterations", "lr",
+             "final Dice [95 % CI]",
              "final Dice (± std over seeds)"] + [c.replace("final_dice_", "Dice ") for c in classes]
             + ["best-epoch Dice (biased)", "HD95 (mm, best epoch)", "s/iteration", "patches/s", "peak memory (MB)",
                "final loss", "BN batch-stats gap"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summary:
         cells = [s["norm"], str(s["batch_size"]), str(s["seeds"]), f"{s['converged']}/{s['seeds']}",
-                 str(s["iterations"]), f"{s['lr']:.3g}", _ci(s["case_dice_mean"], s["case_dice_ci_low"],
+                 mean_std(s, "last_third_gain", "+.3f"), str(s["iterations"]), f"{s['lr']:.3g}", _ci(s["case_dice_mean"], s["case_dice_ci_low"],
                                                             s["case_dice_ci_high"]),
                  mean_std(s, "final_dice_mean", ".3f")] + [mean_std(s, c, ".3f") for c in classes] + [
                  mean_std(s, "best_dice_mean", ".3f"), mean_std(s, "hd95_mean", ".2f"),
@@ -216,14 +219,21 @@ def markdown_table(summary: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _comparison_cells(c: Comparison) -> list[str]:
+    """The statistics columns of a comparison table row (see _COMPARISON_HEAD)."""
+    seeds = " / ".join(f"{v:+.3f}" for v in c.per_seed) if len(c.per_seed) > 1 else "-"
+    return [str(c.seeds), str(c.cases), _ci(c.mean_difference, c.ci_low, c.ci_high, "+.3f"), seeds,
+            _p(c.p_value), _p(c.p_holm), c.verdict + ("" if c.tie or c.seeds_agree else " (seeds disagree)")]
+
+
+_COMPARISON_HEAD = ["seeds", "cases", "mean Dice A - B [95 % CI]", "per seed", "Wilcoxon p", "Holm p", "verdict"]
+
+
 def pairwise_markdown(table: list[Comparison]) -> str:
     """The pairwise comparisons as a Markdown table."""
-    head = ["batch size", "A", "B", "seeds", "cases", "mean Dice A - B [95 % CI]", "Wilcoxon p", "Holm p", "verdict"]
+    head = ["batch size", "A", "B"] + _COMPARISON_HEAD
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for c in table:
-        lines.append("| " + " | ".join([str(c.batch_size), c.norm_a, c.norm_b, str(c.seeds), str(c.cases),
-                                        _ci(c.mean_difference, c.ci_low, c.ci_high, "+.3f"), _p(c.p_value),
-                                        _p(c.p_holm), c.verdict]) + " |")
+    lines += ["| " + " | ".join([str(c.batch_size), c.norm_a, c.norm_b] + _comparison_cells(c)) + " |" for c in table]
     return "\n".join(lines) + "\n"
 
 
@@ -231,13 +241,10 @@ def batch_size_markdown(table: list[Comparison]) -> str:
     """The per-norm batch-size comparisons (statistics.batch_size_table) as a Markdown table."""
     if not table:
         return "One batch size only: nothing to compare.\n"
-    head = ["norm", "batch size A", "batch size B", "seeds", "cases", "mean Dice A - B [95 % CI]", "Wilcoxon p",
-            "Holm p", "verdict"]
+    head = ["norm", "batch size A", "batch size B"] + _COMPARISON_HEAD
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for c in table:
-        lines.append("| " + " | ".join([c.norm_a, str(c.batch_size), str(c.batch_size_b), str(c.seeds), str(c.cases),
-                                        _ci(c.mean_difference, c.ci_low, c.ci_high, "+.3f"), _p(c.p_value),
-                                        _p(c.p_holm), c.verdict]) + " |")
+    lines += ["| " + " | ".join([c.norm_a, str(c.batch_size), str(c.batch_size_b)] + _comparison_cells(c)) + " |"
+              for c in table]
     return "\n".join(lines) + "\n"
 
 
@@ -308,14 +315,15 @@ def _errorbar_plot(ax, summary: list[dict], key: str, ylabel: str) -> None:
 def plot_paired_differences(pairwise: list[Comparison], path: Path) -> Path | None:
     """Each norm's paired difference in final Dice from the reference norm (instance norm, the
     default, else the first norm of the sweep) at each batch size, with its 95 % CI: unlike the
-    per-norm CIs of dice_vs_batch_size.png, these intervals pair cases and training streams.
+    per-norm CIs of dice_vs_batch_size.png, these intervals pair the cases (and, by averaging per
+    case, the seeds), so they show differences the per-norm intervals hide.
     Returns ``path``, or None when the sweep has one norm."""
     norms = [n for n in NORM_ORDER if any(n in (c.norm_a, c.norm_b) for c in pairwise)]
     if not norms:
         return None
     ref = norms[0]
     others = [n for n in norms if n != ref]
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     for i, norm in enumerate(others):
         cs = sorted([c for c in pairwise if {c.norm_a, c.norm_b} == {ref, norm} and math.isfinite(c.mean_difference)],
                     key=lambda c: c.batch_size)
@@ -327,10 +335,22 @@ def plot_paired_differences(pairwise: list[Comparison], path: Path) -> Path | No
                     label=norm, color=f"C{NORM_ORDER.index(norm)}")
     ax.axhline(0, color=f"C{NORM_ORDER.index(ref)}", lw=1.5, label=f"{ref} (reference)")
     ax.set_xlabel("batch size"), ax.set_ylabel(f"final mean Dice: norm - {ref} (paired, 95 % CI)")
-    ax.set_xticks(sorted({c.batch_size for c in pairwise})), ax.grid(alpha=0.3), ax.legend()
+    ax.set_xticks(sorted({c.batch_size for c in pairwise})), ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(f"Paired difference from {ref} norm")
     fig.tight_layout(), fig.savefig(path, dpi=110), plt.close(fig)
     return path
+
+
+def _plateau_band(rows: list[dict]) -> tuple[float, float]:
+    """Y limits that show the second half of every learning curve (where the plateau is judged),
+    with a margin; earlier, lower points fall below the axis."""
+    late = [v for r in rows if r["curve"] for _, v in r["curve"][len(r["curve"]) // 2:]]
+    if not late:
+        return 0.0, 1.0
+    lo, hi = min(late), max(late)
+    margin = max(0.02, 0.15 * (hi - lo))
+    return max(0.0, lo - margin), min(1.0, hi + margin)
 
 
 def plot_report(rows: list[dict], summary: list[dict], folder: Path) -> list[Path]:
@@ -367,8 +387,8 @@ def plot_report(rows: list[dict], summary: list[dict], folder: Path) -> list[Pat
             ax.plot(x[-2:], y[-2:], color=color, lw=2.5)
             ax.plot(x[-1], y[-1], marker="o" if r["converged"] else "x", color=color, ms=6 if r["converged"] else 9)
         ax.set_title(f"batch size {bs}"), ax.set_xlabel("training patches seen"), ax.grid(alpha=0.3)
-        ax.set_ylim(0, 1), ax.legend(loc="lower right")
-    axes[0][0].set_ylabel("validation mean Dice (o plateau, x not converged)")
+        ax.set_ylim(*_plateau_band(rows)), ax.legend(loc="lower right")
+    axes[0][0].set_ylabel("validation mean Dice (o plateau, x not converged; zoomed)")
     fig.tight_layout(), fig.savefig(folder / "learning_curves.png", dpi=110), plt.close(fig)
     paths.append(folder / "learning_curves.png")
 
@@ -438,6 +458,29 @@ def _write_csvs(folder: Path, rows: list[dict], summary: list[dict], pairwise: l
         write_csv([c.to_dict() for c in by_batch_size], folder / "batch_size_effect.csv")
 
 
+def planned_children(params: dict[str, str]) -> list[tuple[str, int, int]]:
+    """The (norm, batch size, seed) cells a sweep's parent run planned, from its ``sweep.norms``,
+    ``sweep.batch_sizes`` and ``sweep.seeds`` parameters (empty when they are missing)."""
+    try:
+        norms = params["sweep.norms"].split(",")
+        sizes = [int(b) for b in params["sweep.batch_sizes"].split(",")]
+        seeds = [int(x) for x in params["sweep.seeds"].split(",")]
+    except (KeyError, ValueError):
+        return []
+    return [(n, b, x) for x in seeds for b in sizes for n in norms]
+
+
+def _completeness(params: dict[str, str], rows: list[dict]) -> str:
+    """``"40 of 40 planned children finished."``, listing the ones not finished."""
+    planned = planned_children(params)
+    if not planned:
+        return f"{len(rows)} children finished."
+    done = {(r["norm"], r["batch_size"], r["seed"]) for r in rows}
+    missing = [f"{n}_bs{b}_seed{x}" for n, b, x in planned if (n, b, x) not in done]
+    text = f"{len(planned) - len(missing)} of {len(planned)} planned children finished."
+    return text + (f" **Interim report**: not finished yet: {', '.join(missing)}." if missing else "")
+
+
 def _report_markdown(sweep_id: str, experiment: str, parent, rows: list[dict], summary: list[dict],
                      tables: tuple[list[Comparison], list[Comparison]], choice: list[dict], plateau_delta: float) -> str:
     """summary.md: convergence, design, which norm at which batch size, the tables (``tables``: the
@@ -450,23 +493,32 @@ def _report_markdown(sweep_id: str, experiment: str, parent, rows: list[dict], s
               f"**Warning: {len(rows) - converged} of {len(rows)} children did not converge** (their last "
               f"validation improved mean Dice by more than {plateau_delta:g}): their final Dice understates what "
               "the norm reaches, and comparisons involving them are not at the plateau.")
-    text = (f"# Normalizer x batch-size sweep `{sweep_id}`\n\n{status}\n\n"
-            f"Experiment `{experiment}`, parent run `{parent.info.run_id}`, {len(rows)} finished child runs. "
-            f"Budget rule: {p.get('sweep.rule', '?')}.\n\n"
+    text = (f"# Normalizer x batch-size sweep `{sweep_id}`\n\n{status} {_completeness(p, rows)}\n\n"
+            f"Experiment `{experiment}`, parent run `{parent.info.run_id}`. Budget rule: {p.get('sweep.rule', '?')}.\n\n"
             "Dice is the **final model**'s (end of training) on the validation fold, sliding window, mean over "
             "the foreground labels of each case. Differences are paired over (case, seed): same cases, and per "
             "seed the same training patches and initial weights; averaged over seeds per case; 95 % BCa bootstrap "
-            "CI with cases resampled; two-sided Wilcoxon signed-rank test on the per-case differences, Holm-corrected "
-            "across the whole pairwise table. Two norms tie when the CI contains 0; a verdict shows the Holm p "
-            f"beside it when the test disagrees (Holm p < {ALPHA:g} for a tie, ≥ {ALPHA:g} for a difference).\n\n"
+            "CI with cases resampled, so it is conditional on the trained networks (the per-seed column shows the "
+            "spread between training runs, which the CI does not contain); two-sided Wilcoxon signed-rank test on "
+            f"the per-case differences, Holm-corrected across the {len(pairwise)} comparisons of the pairwise table. "
+            "Two norms tie when the CI contains 0: the data do not tell them apart, which is not a proof that they "
+            f"are equivalent. A verdict shows the Holm p beside it when the test disagrees (Holm p < {ALPHA:g} for a "
+            f"tie, ≥ {ALPHA:g} for a difference), and says when the seeds disagree in sign.\n\n"
             "## Which norm at which batch size\n\n" + which_norm_markdown(choice) +
             "\n## Pairwise comparisons\n\n" + pairwise_markdown(pairwise) +
             "\n## Batch size, per norm\n\nEach norm at each smaller batch size against itself at the largest, "
             "paired the same way (for one seed, the same patches in the same order and the same initial weights), "
-            "Holm-corrected across this table.\n\n" + batch_size_markdown(by_batch_size) +
+            f"Holm-corrected across the {len(by_batch_size)} comparisons of this table. This compares the recipe at "
+            "each batch size, not batch size alone: at a fixed number of patches a smaller batch takes more, smaller "
+            "optimizer steps, with the learning rate scaled by the sweep's rule.\n\n" + batch_size_markdown(by_batch_size) +
             "\n## Summary (per norm and batch size)\n\n"
             "CI: over cases (seeds averaged per case). ± : standard deviation over seeds. The best-epoch Dice is "
-            "selected on the same validation cases, so it is optimistic; it is shown, not ranked by.\n\n"
+            "selected on the same validation cases, so it is optimistic; it is shown, not ranked by. The gain over "
+            "the last third (last validation minus the one a third of the curve earlier) shows how much a child "
+            "still rose late in training: the plateau rule looks only at the last interval, where a learning rate "
+            "decaying to 0 makes gains small. HD95 and the BN "
+            "batch-statistics gap are the best epoch's. Speed and memory are measured inside the sweep: children "
+            "that ran at once shared the machine, so they are not benchmarks.\n\n"
             + markdown_table(summary) +
             "\n## Batch dependence of the trained networks\n\nLargest absolute logit difference between a "
             "validation patch inferred alone and inside a batch of 5, float32, mean over seeds.\n\n"

@@ -8,7 +8,10 @@ and were validated on the same cases. For norms A and B at one batch size:
 * per case: the mean of d over the seeds both norms have (cases are the resampled unit, and seeds
   on one case are not independent of each other);
 * the mean paired difference with a 95 % bootstrap confidence interval, cases resampled
-  (``scipy.stats.bootstrap``, BCa, 10,000 resamples, fixed random state);
+  (``scipy.stats.bootstrap``, BCa, 10,000 resamples, fixed random state). The interval is
+  conditional on the trained networks: it answers "would these networks differ on other cases",
+  not "would other training runs differ". The per-seed mean differences are reported beside it,
+  and whether every seed agrees in sign with the mean;
 * a paired Wilcoxon signed-rank test of the per-case differences (``scipy.stats.wilcoxon``,
   two-sided), Holm-corrected across all comparisons of a table
   (``statsmodels.stats.multitest.multipletests``, Holm 1979).
@@ -74,6 +77,12 @@ class Comparison:
     p_value: float
     p_holm: float = math.nan
     batch_size_b: int | None = None
+    per_seed: tuple[float, ...] = ()
+
+    @property
+    def seeds_agree(self) -> bool:
+        """Every seed's mean difference has the sign of the overall mean (True with one seed)."""
+        return all(math.copysign(1, d) == math.copysign(1, self.mean_difference) for d in self.per_seed)
 
     @property
     def labels(self) -> tuple[str, str]:
@@ -105,7 +114,20 @@ class Comparison:
         return word if self.agree or not math.isfinite(self.p_holm) else f"{word}, Holm p {self.p_holm:.2g}"
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "tie": self.tie, "significant": self.significant, "verdict": self.verdict}
+        d = asdict(self)
+        d["per_seed"] = " ".join(f"{v:+.4f}" for v in self.per_seed)
+        return {**d, "seeds_agree": self.seeds_agree, "tie": self.tie, "significant": self.significant,
+                "verdict": self.verdict}
+
+
+def per_seed_differences(a: dict[int, dict[str, float]], b: dict[int, dict[str, float]]) -> tuple[float, ...]:
+    """Mean difference A - B over the shared cases, for each seed both have (sorted by seed): the
+    spread that the case-resampled interval does not contain."""
+    out = []
+    for s in sorted(set(a) & set(b)):
+        cases = sorted(set(a[s]) & set(b[s]))
+        out.append(float(np.mean([a[s][c] - b[s][c] for c in cases])) if cases else math.nan)
+    return tuple(out)
 
 
 def compare(d: np.ndarray) -> tuple[float, float, float, float]:
@@ -147,7 +169,7 @@ def _compare_cells(dice: dict[tuple[str, int], dict[int, dict[str, float]]],
         d = paired_case_differences(a, b)
         mean, lo, hi, p = compare(d)
         rows.append(Comparison(ba, na, nb, len(set(a) & set(b)), int(d.size), mean, lo, hi, p,
-                               batch_size_b=None if ba == bb else bb))
+                               batch_size_b=None if ba == bb else bb, per_seed=per_seed_differences(a, b)))
     for row, p in zip(rows, holm([r.p_value for r in rows])):
         row.p_holm = p
     return rows

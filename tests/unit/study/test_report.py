@@ -75,6 +75,9 @@ def test_the_report_flags_a_child_still_improving(synthetic_store):
     _, rep = synthetic_store
     flagged = {(r["norm"], r["seed"]) for r in rep["rows"] if not r["converged"]}
     assert flagged == {("batch", 1)} and rep["converged"] == 5
+    # 3 validations: the last third is the last interval (+0.05 still improving, +0.005 otherwise)
+    gains = {(r["norm"], r["seed"]): r["last_third_gain"] for r in rep["rows"]}
+    assert gains[("batch", 1)] == pytest.approx(0.05) and gains[("instance", 0)] == pytest.approx(0.005)
     md = (rep["folder"] / "summary.md").read_text()
     assert md.splitlines()[2].startswith("**Warning: 1 of 6 children did not converge**")  # at the top
 
@@ -108,6 +111,9 @@ def test_the_paired_statistics_are_scipys_on_the_known_differences(synthetic_sto
         assert c.p_holm == pytest.approx(h, rel=1e-12)
     # hand-checkable: instance - group = 0.02 + 0.004 * case, mean 0.038, all positive
     assert table[("instance", "group")].mean_difference == pytest.approx(0.038, abs=1e-12)
+    # seeds shift every norm alike, so each seed's mean difference is the same 0.038
+    assert table[("instance", "group")].per_seed == pytest.approx((0.038, 0.038), abs=1e-12)
+    assert table[("instance", "group")].seeds_agree
     assert not table[("instance", "group")].tie and table[("instance", "group")].ci_low > 0
     assert table[("instance", "batch")].tie  # +-0.01 alternating: mean 0, CI across 0
     choice = {r["batch_size"]: r for r in rep["which_norm"]}
@@ -141,3 +147,14 @@ def test_which_norm_stars_a_norm_whose_test_disagrees_with_its_interval():
     rows = which_norm(summary, [disagree])
     assert rows[0]["best"] == "instance" and rows[0]["worse"] == "group*"
     assert "disagrees with the interval" in which_norm_markdown(rows)
+
+
+def test_an_interim_report_names_the_planned_children_not_finished():
+    from medseg.study.report import _completeness, planned_children
+    params = {"sweep.norms": "instance,batch", "sweep.batch_sizes": "1,4", "sweep.seeds": "0,1"}
+    assert len(planned_children(params)) == 8 and planned_children({}) == []
+    rows = [{"norm": n, "batch_size": b, "seed": 0} for n in ("instance", "batch") for b in (1, 4)]
+    text = _completeness(params, rows)
+    assert text.startswith("4 of 8 planned children finished. **Interim report**")
+    assert "instance_bs1_seed1" in text and "instance_bs1_seed0" not in text
+    assert _completeness(params, rows + [{**r, "seed": 1} for r in rows]) == "8 of 8 planned children finished."

@@ -60,5 +60,6 @@ def test_the_batch_size_table_compares_each_norm_with_itself_at_the_largest_batc
     assert (bn1.ci_low, bn1.ci_high) == (pytest.approx(ci.low, abs=1e-12), pytest.approx(ci.high, abs=1e-12))
     assert bn1.p_value == pytest.approx(stats.wilcoxon(d).pvalue, rel=1e-9)
     assert bn1.verdict == "batch size 4 better"
+    assert bn1.per_seed == pytest.approx((-0.041, -0.041), abs=1e-12) and bn1.seeds_agree
     assert rows[("instance", 1)].tie and rows[("batch", 2)].mean_difference == pytest.approx(0, abs=1e-12)
     assert batch_size_table({k: v for k, v in table.items() if k[1] == 4}, ["instance", "batch"]) == []
