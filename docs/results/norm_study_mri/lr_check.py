@@ -56,9 +56,31 @@ def main(store: str = STORE) -> int:
         table = [c for f, c in comparisons if f == factor]
         if table:
             print(f"## lr x{factor:g}: instance - batch\n\n" + pairwise_markdown(table))
+    print(_verdicts(comparisons))
     if missing:
         print("Not finished yet: " + "; ".join(missing) + ".")
     return 0
+
+
+def _verdicts(comparisons: list) -> str:
+    """Whether the ranking holds, per batch size: instance - batch has the same sign at every
+    learning rate (*holds*), and every interval excludes 0 on that side (*holds, every CI excludes 0*)."""
+    lines = ["## Does the ranking hold?\n",
+             "The ranking holds at a batch size when instance - batch has the same sign at x0.3, x1 and x3 "
+             "the learning rate (one seed: a check, not a finding).\n"]
+    for b in BATCH_SIZES:
+        cs = {f: c for f, c in comparisons if c.batch_size == b}
+        if set(cs) != set(SWEEPS):
+            lines.append(f"- batch size {b}: not all learning rates finished.")
+            continue
+        signs = {(c.mean_difference > 0) for c in cs.values()}
+        shown = ", ".join(f"x{f:g} {c.mean_difference:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}]" for f, c in cs.items())
+        if len(signs) > 1:
+            lines.append(f"- batch size {b}: **the ranking changes** ({shown}).")
+        else:
+            strict = all(not c.tie for c in cs.values())
+            lines.append(f"- batch size {b}: holds{', every CI excludes 0' if strict else ''} ({shown}).")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
