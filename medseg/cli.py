@@ -17,7 +17,7 @@ from medseg.errors import EXIT_FAILED_CASES, Interrupted, MedsegError
 from medseg.keys import SWEEP_ID_TAG
 from medseg.norm_registry import NORMS
 from medseg.progress import rich_progress, silent
-from medseg.study.rules import EVALUATIONS, EXECUTORS, JOBS, LR_RULE, PLATEAU_DELTA, SLURM_TIMEOUT_MIN
+from medseg.study.rules import EVALUATIONS, EXECUTORS, JOBS, LR_RULE, NEGLIGIBLE, PLATEAU_DELTA, SLURM_TIMEOUT_MIN
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="3D U-Net segmentation of CT/MRI volumes with a choice of normalization, tracked in MLflow.")
@@ -366,6 +366,8 @@ def report(
     no_log: bool = typer.Option(False, "--no-log", help="Do not log the report to the parent run."),
     plateau_delta: float = typer.Option(PLATEAU_DELTA, "--plateau-delta", min=0.0, help="A child whose last "
                                         "validation improved mean Dice by more than this is reported not converged."),
+    negligible: float = typer.Option(NEGLIGIBLE, "--negligible", min=0.0, help="A paired difference in mean Dice "
+                                     "whose whole 95 % CI lies within +-this is called no practical difference."),
 ):
     """Build a sweep's report (CSV, Markdown, PNG plots, paired statistics) from the MLflow store alone."""
     from medseg.study.report import build_report, find_sweep
@@ -375,7 +377,8 @@ def report(
     if output is None:
         _, parent = find_sweep(Tracker.client_for(uri), experiment, sweep_id)
         output = Path("reports") / parent.data.tags[SWEEP_ID_TAG]
-    result = build_report(uri, experiment, output, sweep_id, log_to_parent=not no_log, plateau_delta=plateau_delta)
+    result = build_report(uri, experiment, output, sweep_id, log_to_parent=not no_log, plateau_delta=plateau_delta,
+                          negligible=negligible)
     out.print(_summary_table(result))
     out.print(f"report: {output}")
 

@@ -48,11 +48,12 @@ from medseg.keys import (
     VAL_DICE_MEAN,
 )
 from medseg.norm_registry import NORMS
-from medseg.study.rules import PLATEAU_DELTA
+from medseg.study.rules import NEGLIGIBLE, PLATEAU_DELTA
 from medseg.study.statistics import ALPHA, Comparison, batch_size_table, case_dice, mean_ci, pairwise_table
 from medseg.tracking import Tracker
 
-SUMMARY_METRICS = ("final_dice_mean", "last_third_gain", "best_dice_mean", "hd95_mean", "seconds_per_iteration", "patches_per_second",
+SUMMARY_METRICS = ("final_dice_mean", "last_third_gain", "best_dice_mean", "hd95_mean", "seconds_per_iteration",
+                   "patches_per_second",
                    "peak_memory_mb", "final_train_loss", "bn_batch_stats_gap", "batch_dependence_train",
                    "batch_dependence_eval")
 NORM_ORDER = NORMS
@@ -208,7 +209,8 @@ def markdown_table(summary: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summary:
         cells = [s["norm"], str(s["batch_size"]), str(s["seeds"]), f"{s['converged']}/{s['seeds']}",
-                 mean_std(s, "last_third_gain", "+.3f"), str(s["iterations"]), f"{s['lr']:.3g}", _ci(s["case_dice_mean"], s["case_dice_ci_low"],
+                 mean_std(s, "last_third_gain", "+.3f"), str(s["iterations"]), f"{s['lr']:.3g}",
+                 _ci(s["case_dice_mean"], s["case_dice_ci_low"],
                                                             s["case_dice_ci_high"]),
                  mean_std(s, "final_dice_mean", ".3f")] + [mean_std(s, c, ".3f") for c in classes] + [
                  mean_std(s, "best_dice_mean", ".3f"), mean_std(s, "hd95_mean", ".2f"),
@@ -223,7 +225,7 @@ def _comparison_cells(c: Comparison) -> list[str]:
     """The statistics columns of a comparison table row (see _COMPARISON_HEAD)."""
     seeds = " / ".join(f"{v:+.3f}" for v in c.per_seed) if len(c.per_seed) > 1 else "-"
     return [str(c.seeds), str(c.cases), _ci(c.mean_difference, c.ci_low, c.ci_high, "+.3f"), seeds,
-            _p(c.p_value), _p(c.p_holm), c.verdict + ("" if c.tie or c.seeds_agree else " (seeds disagree)")]
+            _p(c.p_value), _p(c.p_holm), c.verdict]
 
 
 _COMPARISON_HEAD = ["seeds", "cases", "mean Dice A - B [95 % CI]", "per seed", "Wilcoxon p", "Holm p", "verdict"]
@@ -401,7 +403,8 @@ def plot_report(rows: list[dict], summary: list[dict], folder: Path) -> list[Pat
 
 
 def build_report(tracking_uri: str, experiment: str, folder: Path, sweep_id: str | None = None,
-                 log_to_parent: bool = True, plateau_delta: float = PLATEAU_DELTA) -> dict:
+                 log_to_parent: bool = True, plateau_delta: float = PLATEAU_DELTA,
+                 negligible: float = NEGLIGIBLE) -> dict:
     """Build the report of a sweep from the MLflow store and write it to ``folder``.
 
     Writes ``runs.csv`` (one row per child run), ``cases.csv`` (final-model Dice per child, case
@@ -426,7 +429,8 @@ def build_report(tracking_uri: str, experiment: str, folder: Path, sweep_id: str
         raise MedsegError(f"sweep {sweep_id} has no finished child run yet", experiment)
     summary = summarize_runs(rows)
     dice = dice_by_cell(rows)
-    pairwise, by_batch_size = pairwise_table(dice, list(NORM_ORDER)), batch_size_table(dice, list(NORM_ORDER))
+    pairwise = pairwise_table(dice, list(NORM_ORDER), negligible)
+    by_batch_size = batch_size_table(dice, list(NORM_ORDER), negligible)
     choice = which_norm(summary, pairwise)
     folder = Path(folder)
     _write_csvs(folder, rows, summary, pairwise, by_batch_size)
@@ -481,8 +485,13 @@ def _completeness(params: dict[str, str], rows: list[dict]) -> str:
     return text + (f" **Interim report**: not finished yet: {', '.join(missing)}." if missing else "")
 
 
+def _margin(table: list[Comparison]) -> str:
+    return f"{table[0].margin:g}" if table else f"{NEGLIGIBLE:g}"
+
+
 def _report_markdown(sweep_id: str, experiment: str, parent, rows: list[dict], summary: list[dict],
-                     tables: tuple[list[Comparison], list[Comparison]], choice: list[dict], plateau_delta: float) -> str:
+                     tables: tuple[list[Comparison], list[Comparison]], choice: list[dict],
+                     plateau_delta: float) -> str:
     """summary.md: convergence, design, which norm at which batch size, the tables (``tables``: the
     pairwise and the batch-size comparisons)."""
     pairwise, by_batch_size = tables
@@ -494,7 +503,8 @@ def _report_markdown(sweep_id: str, experiment: str, parent, rows: list[dict], s
               f"validation improved mean Dice by more than {plateau_delta:g}): their final Dice understates what "
               "the norm reaches, and comparisons involving them are not at the plateau.")
     text = (f"# Normalizer x batch-size sweep `{sweep_id}`\n\n{status} {_completeness(p, rows)}\n\n"
-            f"Experiment `{experiment}`, parent run `{parent.info.run_id}`. Budget rule: {p.get('sweep.rule', '?')}.\n\n"
+            f"Experiment `{experiment}`, parent run `{parent.info.run_id}`. "
+            f"Budget rule: {p.get('sweep.rule', '?')}.\n\n"
             "Dice is the **final model**'s (end of training) on the validation fold, sliding window, mean over "
             "the foreground labels of each case. Differences are paired over (case, seed): same cases, and per "
             "seed the same training patches and initial weights; averaged over seeds per case; 95 % BCa bootstrap "
@@ -502,15 +512,19 @@ def _report_markdown(sweep_id: str, experiment: str, parent, rows: list[dict], s
             "spread between training runs, which the CI does not contain); two-sided Wilcoxon signed-rank test on "
             f"the per-case differences, Holm-corrected across the {len(pairwise)} comparisons of the pairwise table. "
             "Two norms tie when the CI contains 0: the data do not tell them apart, which is not a proof that they "
-            f"are equivalent. A verdict shows the Holm p beside it when the test disagrees (Holm p < {ALPHA:g} for a "
-            f"tie, ≥ {ALPHA:g} for a difference), and says when the seeds disagree in sign.\n\n"
+            "are equivalent. Verdicts: *A better* when the CI excludes 0, the Holm p is below "
+            f"{ALPHA:g} and every seed agrees in sign; *suggestive* when the CI excludes 0 but the test or a seed "
+            f"does not agree; *no practical difference* when the CI contains 0 and lies within ±{_margin(pairwise)} "
+            "mean Dice; *cannot tell* when it contains 0 and reaches beyond (a tie the test calls significant "
+            "shows its Holm p).\n\n"
             "## Which norm at which batch size\n\n" + which_norm_markdown(choice) +
             "\n## Pairwise comparisons\n\n" + pairwise_markdown(pairwise) +
             "\n## Batch size, per norm\n\nEach norm at each smaller batch size against itself at the largest, "
             "paired the same way (for one seed, the same patches in the same order and the same initial weights), "
             f"Holm-corrected across the {len(by_batch_size)} comparisons of this table. This compares the recipe at "
             "each batch size, not batch size alone: at a fixed number of patches a smaller batch takes more, smaller "
-            "optimizer steps, with the learning rate scaled by the sweep's rule.\n\n" + batch_size_markdown(by_batch_size) +
+            "optimizer steps, with the learning rate scaled by the sweep's rule.\n\n"
+            + batch_size_markdown(by_batch_size) +
             "\n## Summary (per norm and batch size)\n\n"
             "CI: over cases (seeds averaged per case). ± : standard deviation over seeds. The best-epoch Dice is "
             "selected on the same validation cases, so it is optimistic; it is shown, not ranked by. The gain over "

@@ -19,3 +19,8 @@ EVALUATIONS = 5
 
 JOBS = 1
 """Default number of children run at once (``--jobs``)."""
+
+NEGLIGIBLE = 0.01
+"""A paired difference in mean Dice whose whole 95 % CI lies within +-this is negligible
+(``medseg report --negligible``): the report then says "no practical difference" rather than
+"cannot tell" for a CI that contains 0."""

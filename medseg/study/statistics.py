@@ -19,10 +19,19 @@ and were validated on the same cases. For norms A and B at one batch size:
 The same statistics compare one norm at a smaller batch size with itself at the sweep's largest
 (:func:`batch_size_table`, its own Holm family): for one seed those children are paired too.
 
-Two norms *tie* when the interval contains 0. The verdict also says when the Holm-corrected test
-disagrees with the interval (an interval that excludes 0 with Holm p >= ALPHA, or one that contains 0
-with Holm p < ALPHA): the two answer slightly different questions (the mean difference vs the
-symmetry of the per-case differences about 0), and a reader should see both.
+Two norms *tie* when the interval contains 0 (the which-norm table's rule). The verdict of a
+comparison refines it with the test, the seeds and a margin m of negligible difference
+(:data:`medseg.study.rules.NEGLIGIBLE`):
+
+* ``A better``: the CI excludes 0, the Holm p is below ALPHA and every seed agrees in sign (with
+  "by less than m" when the whole CI lies within +-m);
+* ``suggestive: A better (...)``: the CI excludes 0 but the Holm p or a seed does not agree;
+* ``no practical difference``: the CI contains 0 and lies within +-m;
+* ``cannot tell``: the CI contains 0 and reaches beyond +-m;
+
+with the Holm p beside a tie that the test calls significant. The CI and the test answer slightly
+different questions (the mean difference vs the symmetry of the per-case differences about 0),
+and a reader should see both.
 """
 from __future__ import annotations
 
@@ -31,6 +40,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import stats
+
+from medseg.study.rules import NEGLIGIBLE
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 10_000
@@ -78,6 +89,7 @@ class Comparison:
     p_holm: float = math.nan
     batch_size_b: int | None = None
     per_seed: tuple[float, ...] = ()
+    margin: float = NEGLIGIBLE
 
     @property
     def seeds_agree(self) -> bool:
@@ -108,10 +120,20 @@ class Comparison:
 
     @property
     def verdict(self) -> str:
-        """``tie``, ``<norm> better``, and when the Holm-corrected test disagrees with the interval,
-        the Holm p-value beside it (for example ``group better, Holm p 0.097``)."""
-        word = "tie" if self.tie else f"{self.labels[0] if self.mean_difference > 0 else self.labels[1]} better"
-        return word if self.agree or not math.isfinite(self.p_holm) else f"{word}, Holm p {self.p_holm:.2g}"
+        """The comparison's conclusion (module docstring), for example ``group better``,
+        ``suggestive: instance better (Holm p 0.097)`` or ``no practical difference``."""
+        if not math.isfinite(self.mean_difference):
+            return "-"
+        within = -self.margin <= self.ci_low and self.ci_high <= self.margin
+        if self.tie:
+            word = "no practical difference" if within else "cannot tell"
+            return word if self.agree or not math.isfinite(self.p_holm) else f"{word}, Holm p {self.p_holm:.2g}"
+        winner = self.labels[0] if self.mean_difference > 0 else self.labels[1]
+        doubts = ([f"Holm p {self.p_holm:.2g}"] if math.isfinite(self.p_holm) and not self.significant else []) + (
+            ["seeds disagree"] if not self.seeds_agree else [])
+        if doubts:
+            return f"suggestive: {winner} better ({', '.join(doubts)})"
+        return f"{winner} better" + (f" by less than {self.margin:g}" if within else "")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -160,37 +182,40 @@ def holm(p_values: list[float]) -> list[float]:
 
 
 def _compare_cells(dice: dict[tuple[str, int], dict[int, dict[str, float]]],
-                   pairs: list[tuple[tuple[str, int], tuple[str, int]]]) -> list[Comparison]:
+                   pairs: list[tuple[tuple[str, int], tuple[str, int]]], margin: float) -> list[Comparison]:
     """Paired comparison of each pair of cells ``((norm, batch size), (norm, batch size))``,
-    Holm-corrected across the pairs."""
+    Holm-corrected across the pairs; ``margin``: the negligible difference."""
     rows = []
     for (na, ba), (nb, bb) in pairs:
         a, b = dice[(na, ba)], dice[(nb, bb)]
         d = paired_case_differences(a, b)
         mean, lo, hi, p = compare(d)
         rows.append(Comparison(ba, na, nb, len(set(a) & set(b)), int(d.size), mean, lo, hi, p,
-                               batch_size_b=None if ba == bb else bb, per_seed=per_seed_differences(a, b)))
+                               batch_size_b=None if ba == bb else bb, per_seed=per_seed_differences(a, b),
+                               margin=margin))
     for row, p in zip(rows, holm([r.p_value for r in rows])):
         row.p_holm = p
     return rows
 
 
-def pairwise_table(dice: dict[tuple[str, int], dict[int, dict[str, float]]], norm_order: list[str]) -> list[Comparison]:
+def pairwise_table(dice: dict[tuple[str, int], dict[int, dict[str, float]]], norm_order: list[str],
+                   margin: float = NEGLIGIBLE) -> list[Comparison]:
     """Every pair of norms at every batch size, Holm-corrected across the whole table.
 
     Args:
         dice: ``{(norm, batch size): {seed: {case: Dice}}}``.
         norm_order: norms in display order (A comes before B in it).
+        margin: negligible difference in mean Dice (see the verdicts in the module docstring).
     """
     pairs = []
     for bs in sorted({b for _, b in dice}):
         norms = [n for n in norm_order if (n, bs) in dice]
         pairs += [((na, bs), (nb, bs)) for i, na in enumerate(norms) for nb in norms[i + 1:]]
-    return _compare_cells(dice, pairs)
+    return _compare_cells(dice, pairs, margin)
 
 
 def batch_size_table(dice: dict[tuple[str, int], dict[int, dict[str, float]]],
-                     norm_order: list[str]) -> list[Comparison]:
+                     norm_order: list[str], margin: float = NEGLIGIBLE) -> list[Comparison]:
     """Each norm at each smaller batch size against the same norm at the largest batch size of the
     sweep (A = the smaller batch size), Holm-corrected across this table. For one seed, children of
     one norm at different batch sizes saw the same patches in the same order from the same initial
@@ -199,6 +224,7 @@ def batch_size_table(dice: dict[tuple[str, int], dict[int, dict[str, float]]],
     Args:
         dice: ``{(norm, batch size): {seed: {case: Dice}}}``.
         norm_order: norms in display order.
+        margin: negligible difference in mean Dice.
 
     Returns:
         comparisons with ``batch_size_b`` set to the largest batch size; empty with one batch size.
@@ -206,7 +232,7 @@ def batch_size_table(dice: dict[tuple[str, int], dict[int, dict[str, float]]],
     largest = max((b for _, b in dice), default=0)
     pairs = [((n, b), (n, largest)) for n in norm_order if (n, largest) in dice
              for b in sorted(b for m, b in dice if m == n and b != largest)]
-    return _compare_cells(dice, pairs)
+    return _compare_cells(dice, pairs, margin)
 
 
 def mean_ci(values: np.ndarray) -> tuple[float, float, float]:

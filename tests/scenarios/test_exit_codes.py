@@ -356,7 +356,7 @@ COMMANDS = {
     "fingerprint": ["--data"],
     "sweep": ["--config", "--data", "--norms", "--batch-sizes", "--seeds", "--budget-samples", "--jobs",
               "--evaluations", "--lr-rule", "--executor"],
-    "report": ["--experiment", "--sweep", "--tracking-uri", "--output", "--plateau-delta"],
+    "report": ["--experiment", "--sweep", "--tracking-uri", "--output", "--plateau-delta", "--negligible"],
 }
 
 

@@ -158,3 +158,19 @@ def test_an_interim_report_names_the_planned_children_not_finished():
     assert text.startswith("4 of 8 planned children finished. **Interim report**")
     assert "instance_bs1_seed1" in text and "instance_bs1_seed0" not in text
     assert _completeness(params, rows + [{**r, "seed": 1} for r in rows]) == "8 of 8 planned children finished."
+
+
+def test_medseg_report_takes_the_negligible_difference_from_the_command_line(synthetic_store, tmp_path):
+    from typer.testing import CliRunner
+
+    from medseg.cli import app
+    uri, _ = synthetic_store
+    # instance - batch alternates +-0.01 by case: its CI contains 0 and lies within +-0.05, not +-0.001
+    for margin, verdict in (("0.05", "no practical difference"), ("0.001", "cannot tell")):
+        out = tmp_path / margin
+        result = CliRunner().invoke(app, ["report", "--experiment", "study-test", "--tracking-uri", uri, "--no-log",
+                                          "--output", str(out), "--negligible", margin])
+        assert result.exit_code == 0, result.output
+        lines = (out / "summary.md").read_text().splitlines()
+        row = [line for line in lines if line.startswith("| 2 | instance | batch | 2 |")]
+        assert row and row[0].rstrip(" |").endswith(verdict)

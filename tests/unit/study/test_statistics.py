@@ -14,20 +14,23 @@ def test_compare_on_degenerate_input():
     assert all(math.isnan(v) for v in compare(np.array([])))
 
 
-def _comparison(ci_low: float, ci_high: float, p_holm: float) -> Comparison:
+def _comparison(ci_low: float, ci_high: float, p_holm: float, per_seed: tuple[float, ...] = ()) -> Comparison:
     return Comparison(2, "instance", "group", seeds=2, cases=26, mean_difference=(ci_low + ci_high) / 2,
-                      ci_low=ci_low, ci_high=ci_high, p_value=p_holm / 3, p_holm=p_holm)
+                      ci_low=ci_low, ci_high=ci_high, p_value=p_holm / 3, p_holm=p_holm, per_seed=per_seed,
+                      margin=0.01)
 
 
-def test_the_verdict_shows_the_holm_p_only_when_the_test_disagrees_with_the_interval():
-    assert _comparison(0.002, 0.012, 0.001).verdict == "instance better"
-    assert _comparison(-0.012, -0.002, 0.001).verdict == "group better"
-    assert _comparison(-0.004, 0.006, 0.6).verdict == "tie"
+def test_the_verdict_combines_the_interval_the_holm_p_the_seeds_and_the_margin():
+    assert _comparison(0.004, 0.022, 0.001).verdict == "instance better"
+    assert _comparison(-0.022, -0.004, 0.001, (-0.02, -0.01)).verdict == "group better"
+    assert _comparison(0.002, 0.008, 0.001).verdict == "instance better by less than 0.01"
     # the case of the first MRI sitting: interval above 0, Holm p 0.097
-    assert _comparison(0.002, 0.012, 0.097).verdict == "instance better, Holm p 0.097"
-    assert _comparison(-0.001, 0.012, 0.01).verdict == "tie, Holm p 0.01"
-    assert _comparison(0.002, 0.012, math.nan).verdict == "instance better"
-
+    assert _comparison(0.002, 0.012, 0.097).verdict == "suggestive: instance better (Holm p 0.097)"
+    assert _comparison(0.002, 0.012, 0.001, (0.015, -0.001)).verdict == "suggestive: instance better (seeds disagree)"
+    assert _comparison(-0.004, 0.006, 0.6).verdict == "no practical difference"
+    assert _comparison(-0.004, 0.016, 0.6).verdict == "cannot tell"
+    assert _comparison(-0.001, 0.012, 0.01).verdict == "cannot tell, Holm p 0.01"
+    assert _comparison(0.002, 0.022, math.nan).verdict == "instance better"
 
 
 def test_the_batch_size_table_compares_each_norm_with_itself_at_the_largest_batch_size():
