@@ -257,7 +257,8 @@ def _p(p: float) -> str:
 def which_norm(summary: list[dict], table: list[Comparison]) -> list[dict]:
     """Per batch size: the norm with the highest final Dice, the norms tied with it (their paired CI
     against it contains 0) and the norms worse than it. A norm is starred (``group*``) when the
-    Holm-corrected Wilcoxon test disagrees with the interval (statistics.Comparison.agree)."""
+    Holm-corrected Wilcoxon test disagrees with the interval (statistics.Comparison.agree), or, for
+    a worse norm, a seed disagrees in sign."""
     out = []
     for bs in sorted({s["batch_size"] for s in summary}):
         cells = [s for s in summary if s["batch_size"] == bs and math.isfinite(s["case_dice_mean"])]
@@ -269,7 +270,8 @@ def which_norm(summary: list[dict], table: list[Comparison]) -> list[dict]:
             if s["norm"] == best:
                 continue
             (c,) = [c for c in table if c.batch_size == bs and {c.norm_a, c.norm_b} == {best, s["norm"]}]
-            (tied if c.tie else worse).append(s["norm"] + ("" if c.agree else "*"))
+            settled = c.agree and (c.tie or c.seeds_agree)
+            (tied if c.tie else worse).append(s["norm"] + ("" if settled else "*"))
         out.append({"batch_size": bs, "best": best, "tied_with_best": ", ".join(tied) or "-",
                     "worse": ", ".join(worse) or "-"})
     return out
@@ -281,7 +283,7 @@ def which_norm_markdown(rows: list[dict]) -> str:
     lines += [f"| {r['batch_size']} | {r['best']} | {r['tied_with_best']} | {r['worse']} |" for r in rows]
     if any("*" in r["tied_with_best"] + r["worse"] for r in rows):
         lines += ["", f"\\* the Holm-corrected Wilcoxon test disagrees with the interval (Holm p < {ALPHA:g} for a "
-                  f"tie, Holm p ≥ {ALPHA:g} for a worse norm): see the pairwise table."]
+                  f"tie, Holm p ≥ {ALPHA:g} for a worse norm), or a seed disagrees in sign: see the pairwise table."]
     return "\n".join(lines) + "\n"
 
 

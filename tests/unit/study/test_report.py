@@ -174,3 +174,10 @@ def test_medseg_report_takes_the_negligible_difference_from_the_command_line(syn
         lines = (out / "summary.md").read_text().splitlines()
         row = [line for line in lines if line.startswith("| 2 | instance | batch | 2 |")]
         assert row and row[0].rstrip(" |").endswith(verdict)
+
+
+def test_which_norm_stars_a_worse_norm_whose_seeds_disagree():
+    summary = [{"batch_size": 2, "norm": n, "case_dice_mean": d} for n, d in (("instance", 0.85), ("group", 0.84))]
+    c = Comparison(2, "instance", "group", 2, 26, 0.007, 0.002, 0.012, p_value=0.0003, p_holm=0.001,
+                   per_seed=(0.015, -0.001))
+    assert which_norm(summary, [c])[0]["worse"] == "group*"
