@@ -327,6 +327,7 @@ def _sweep_report(cfg, sid: str, parent_id: str, status: dict, report_dir: Path 
         report = build_report(_uri(tracking_uri or cfg.tracking.tracking_uri), cfg.tracking.experiment, folder, sid,
                               plateau_delta=plateau_delta)
         out.print(_summary_table(report))
+        out.print(_which_norm_table(report))
         out.print(f"sweep {sid}: parent MLflow run {parent_id}; report in {folder}")
     else:
         console.print(f"sweep {sid}: no child finished, so there is no report (parent MLflow run {parent_id})")
@@ -357,6 +358,16 @@ def _summary_table(report: dict) -> Table:
     return table
 
 
+def _which_norm_table(report: dict) -> Table:
+    """The report's answer: per batch size, the norm with the highest final Dice and the ones tied with it."""
+    table = Table(title="which norm at which batch size (tie: the paired 95 % CI contains 0; * see summary.md)")
+    for col in ("batch size", "highest final Dice", "tied with it", "worse"):
+        table.add_column(col)
+    for r in report["which_norm"]:
+        table.add_row(str(r["batch_size"]), r["best"], r["tied_with_best"], r["worse"])
+    return table
+
+
 @app.command()
 def report(
     experiment: str = typer.Option(..., "--experiment", "-e", help="MLflow experiment of the sweep."),
@@ -380,6 +391,7 @@ def report(
     result = build_report(uri, experiment, output, sweep_id, log_to_parent=not no_log, plateau_delta=plateau_delta,
                           negligible=negligible)
     out.print(_summary_table(result))
+    out.print(_which_norm_table(result))
     out.print(f"report: {output}")
 
 

@@ -171,6 +171,7 @@ def test_medseg_report_takes_the_negligible_difference_from_the_command_line(syn
         result = CliRunner().invoke(app, ["report", "--experiment", "study-test", "--tracking-uri", uri, "--no-log",
                                           "--output", str(out), "--negligible", margin])
         assert result.exit_code == 0, result.output
+        assert "which norm at which batch size" in result.output  # the answer, printed
         lines = (out / "summary.md").read_text().splitlines()
         row = [line for line in lines if line.startswith("| 2 | instance | batch | 2 |")]
         assert row and row[0].rstrip(" |").endswith(verdict)
