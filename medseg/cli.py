@@ -159,12 +159,15 @@ def evaluate(
 @app.command()
 def fingerprint(
     data: Path = typer.Option(..., "--data", "-d", help="MSD-layout dataset folder."),
-    cache_dir: Path = typer.Option(Path(".medseg_cache"), "--cache-dir"),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Where the fingerprint is cached "
+                                          "(default: the config schema's data.cache_dir)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Check every image/label pair and print the dataset fingerprint (cached)."""
+    from medseg.config import DataConfig
     from medseg.data import load_or_compute_fingerprint, read_dataset
 
+    cache_dir = cache_dir or DataConfig.model_fields["cache_dir"].default
     spec = read_dataset(data)
     fp, path = load_or_compute_fingerprint(spec, cache_dir, silent if quiet else rich_progress)
     summary = {k: v for k, v in fp.items() if k != "cases"}
@@ -288,7 +291,7 @@ def sweep(
     plateau_delta: float = typer.Option(PLATEAU_DELTA, "--plateau-delta", min=0.0, help="A child whose last "
                                         "validation improved mean Dice by more than this is reported not converged."),
     executor: str = typer.Option(EXECUTORS[0], "--executor", help="local (subprocesses here), slurm (a submitit job "
-                                 "array; pip install 'medseg[slurm]') or submitit-local (the slurm path, here)."),
+                                 "array; pip install 'medseg\\[slurm]') or submitit-local (the slurm path, here)."),
     slurm_partition: str | None = typer.Option(None, "--slurm-partition", help="SLURM partition (--executor slurm)."),
     timeout_min: int = typer.Option(SLURM_TIMEOUT_MIN, "--timeout-min", min=1, help="Time limit per child in minutes "
                                     "(--executor slurm)."),
@@ -473,7 +476,7 @@ def _usage_message(e: Exception) -> str:
 def run_cli(argv: list[str] | None = None) -> int:
     """Run the command line and map every outcome to one exit code (the error boundary).
 
-    Exit codes: 0 success; 1 some cases (predict, evaluate) or sweep children failed; 2 bad input
+    Exit codes: 0 success; 1 some cases (predict) or sweep children failed; 2 bad input
     or usage (a medseg error, a usage error, an OS error on a user's path, an MLflow error, out of
     memory); 130 interrupted (Ctrl-C or SIGTERM; a run saved its checkpoint); 3 an internal error
     (a bug: rerun with ``--debug`` and report the traceback). Every failure is one line on stderr;

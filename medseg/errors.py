@@ -10,7 +10,7 @@ from pathlib import Path
 
 # Exit codes of the ``medseg`` command (README, "Exit codes").
 EXIT_OK = 0  # success
-EXIT_FAILED_CASES = 1  # some cases (predict, evaluate) or sweep children failed; the others were done
+EXIT_FAILED_CASES = 1  # some cases (predict) or sweep children failed; the others were done
 EXIT_USAGE = 2  # bad input or usage: nothing was written
 EXIT_INTERNAL = 3  # a bug: rerun with --debug and report the traceback
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM
