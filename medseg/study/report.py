@@ -49,7 +49,8 @@ from medseg.keys import (
 )
 from medseg.norm_registry import NORMS
 from medseg.study.rules import NEGLIGIBLE, PLATEAU_DELTA
-from medseg.study.statistics import ALPHA, Comparison, batch_size_table, case_dice, mean_ci, pairwise_table
+from medseg.study.statistics import (ALPHA, Comparison, batch_size_table, case_dice, interaction_table, mean_ci,
+                                     pairwise_table)
 from medseg.tracking import Tracker
 
 SUMMARY_METRICS = ("final_dice_mean", "last_third_gain", "best_dice_mean", "hd95_mean", "seconds_per_iteration",
@@ -250,6 +251,18 @@ def batch_size_markdown(table: list[Comparison]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def interaction_markdown(table: list[Comparison]) -> str:
+    """The difference-in-differences rows (statistics.interaction_table) as a Markdown table."""
+    if not table:
+        return "Needs the reference norm and a second batch size: nothing to compare.\n"
+    head = ["norm", "reference", "batch size A", "batch size B"] + _COMPARISON_HEAD
+    head[head.index("mean Dice A - B [95 % CI]")] = "(norm - reference) at A minus at B [95 % CI]"
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join([c.norm_a, c.norm_b, str(c.batch_size), str(c.batch_size_b)] + _comparison_cells(c))
+              + " |" for c in table]
+    return "\n".join(lines) + "\n"
+
+
 def _p(p: float) -> str:
     return "-" if not math.isfinite(p) else (f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}")
 
@@ -410,15 +423,17 @@ def build_report(tracking_uri: str, experiment: str, folder: Path, sweep_id: str
     """Build the report of a sweep from the MLflow store and write it to ``folder``.
 
     Writes ``runs.csv`` (one row per child run), ``cases.csv`` (final-model Dice per child, case
-    and label), ``summary.csv``, ``pairwise.csv`` and ``batch_size_effect.csv`` (each norm at smaller
-    batch sizes against itself at the largest), ``summary.md`` (convergence, which norm at which
+    and label), ``summary.csv``, ``pairwise.csv``, ``batch_size_effect.csv`` (each norm at smaller
+    batch sizes against itself at the largest) and ``interaction.csv`` (whether a norm's difference
+    from the reference changes with batch size), ``summary.md`` (convergence, which norm at which
     batch size, the paired comparisons, the summary and batch-dependence tables) and the PNG
     plots; logs them to the parent run under ``report/``, the tables also as MLflow tables
     (``report/*.json``, shown as tables in MLflow's artifact view).
 
     Returns:
-        ``{"sweep_id", "parent_run_id", "rows", "summary", "pairwise", "batch_size_effect", "which_norm",
-        "converged", "folder"}``.
+        ``{"sweep_id", "parent_run_id", "rows", "summary", "pairwise", "batch_size_effect", "interaction",
+        "which_norm", "converged", "folder"}`` (the three comparison tables: statistics.pairwise_table,
+        batch_size_table and interaction_table, the reference norm being instance norm when present).
 
     Raises:
         MedsegError: no such experiment or sweep, or no finished child run.
@@ -431,37 +446,37 @@ def build_report(tracking_uri: str, experiment: str, folder: Path, sweep_id: str
         raise MedsegError(f"sweep {sweep_id} has no finished child run yet", experiment)
     summary = summarize_runs(rows)
     dice = dice_by_cell(rows)
-    pairwise = pairwise_table(dice, list(NORM_ORDER), negligible)
-    by_batch_size = batch_size_table(dice, list(NORM_ORDER), negligible)
+    reference = next((n for n in NORM_ORDER if any(n == k[0] for k in dice)), NORM_ORDER[0])
+    tables = {"pairwise": pairwise_table(dice, list(NORM_ORDER), negligible),
+              "batch_size_effect": batch_size_table(dice, list(NORM_ORDER), negligible),
+              "interaction": interaction_table(dice, list(NORM_ORDER), reference, negligible)}
+    pairwise = tables["pairwise"]
     choice = which_norm(summary, pairwise)
     folder = Path(folder)
-    _write_csvs(folder, rows, summary, pairwise, by_batch_size)
+    _write_csvs(folder, rows, summary, tables)
     converged = sum(r["converged"] for r in rows)
-    text = _report_markdown(sweep_id, experiment, parent, rows, summary, (pairwise, by_batch_size), choice,
-                            plateau_delta)
+    text = _report_markdown(sweep_id, experiment, parent, rows, summary, tables, choice, plateau_delta)
     atomic_write_text(folder / "summary.md", text)
     plot_report(rows, summary, folder)
     plot_paired_differences(pairwise, folder / "paired_differences.png")
     if log_to_parent:
         client.log_artifacts(parent.info.run_id, str(folder), "report")
-        _log_tables(client, parent.info.run_id, summary, (pairwise, by_batch_size), choice)
+        _log_tables(client, parent.info.run_id, summary, tables, choice)
     return {"sweep_id": sweep_id, "parent_run_id": parent.info.run_id, "rows": rows, "summary": summary,
-            "pairwise": pairwise, "batch_size_effect": by_batch_size, "which_norm": choice, "converged": converged,
-            "folder": folder}
+            **tables, "which_norm": choice, "converged": converged, "folder": folder}
 
 
-def _write_csvs(folder: Path, rows: list[dict], summary: list[dict], pairwise: list[Comparison],
-                by_batch_size: list[Comparison]) -> None:
-    """runs.csv, cases.csv, summary.csv, pairwise.csv and batch_size_effect.csv in ``folder`` (created)."""
+def _write_csvs(folder: Path, rows: list[dict], summary: list[dict], tables: dict[str, list[Comparison]]) -> None:
+    """runs.csv, cases.csv, summary.csv and one CSV per comparison table (pairwise.csv,
+    batch_size_effect.csv, interaction.csv) in ``folder`` (created)."""
     folder.mkdir(parents=True, exist_ok=True)
     write_csv([{k: v for k, v in r.items() if k not in ("curve", "cases")} for r in rows], folder / "runs.csv")
     write_csv([{"run_id": r["run_id"], "norm": r["norm"], "batch_size": r["batch_size"], "seed": r["seed"],
                 "case": c, "label": lab, "dice": d} for r in rows for (c, lab), d in sorted(r["cases"].items())],
               folder / "cases.csv")
     write_csv(summary, folder / "summary.csv")
-    write_csv([c.to_dict() for c in pairwise], folder / "pairwise.csv")
-    if by_batch_size:
-        write_csv([c.to_dict() for c in by_batch_size], folder / "batch_size_effect.csv")
+    for name, table in tables.items():
+        write_csv([c.to_dict() for c in table], folder / f"{name}.csv")
 
 
 def planned_children(params: dict[str, str]) -> list[tuple[str, int, int]]:
@@ -492,11 +507,10 @@ def _margin(table: list[Comparison]) -> str:
 
 
 def _report_markdown(sweep_id: str, experiment: str, parent, rows: list[dict], summary: list[dict],
-                     tables: tuple[list[Comparison], list[Comparison]], choice: list[dict],
-                     plateau_delta: float) -> str:
+                     tables: dict[str, list[Comparison]], choice: list[dict], plateau_delta: float) -> str:
     """summary.md: convergence, design, which norm at which batch size, the tables (``tables``: the
     pairwise and the batch-size comparisons)."""
-    pairwise, by_batch_size = tables
+    pairwise, by_batch_size, interaction = tables["pairwise"], tables["batch_size_effect"], tables["interaction"]
     converged = sum(r["converged"] for r in rows)
     p = parent.data.params
     status = (f"**All {len(rows)} children converged** (last validation gain ≤ {plateau_delta:g} mean Dice)."
@@ -527,6 +541,11 @@ def _report_markdown(sweep_id: str, experiment: str, parent, rows: list[dict], s
             "each batch size, not batch size alone: at a fixed number of patches a smaller batch takes more, smaller "
             "optimizer steps, with the learning rate scaled by the sweep's rule.\n\n"
             + batch_size_markdown(by_batch_size) +
+            "\n## Does batch size change the difference between norms?\n\nFor each norm and each smaller batch size "
+            "b: per case, (norm - reference at b) - (norm - reference at the largest batch size), averaged over seeds "
+            f"(a difference in differences), Holm-corrected across the {len(interaction)} comparisons of this table. "
+            "*batch size b better*: the norm does better against the reference at b than at the largest batch "
+            "size.\n\n" + interaction_markdown(interaction) +
             "\n## Summary (per norm and batch size)\n\n"
             "CI: over cases (seeds averaged per case). ± : standard deviation over seeds. The best-epoch Dice is "
             "selected on the same validation cases, so it is optimistic; it is shown, not ranked by. The gain over "
@@ -542,11 +561,10 @@ def _report_markdown(sweep_id: str, experiment: str, parent, rows: list[dict], s
     return text
 
 
-def _log_tables(client, run_id: str, summary: list[dict], tables: tuple[list[Comparison], list[Comparison]],
+def _log_tables(client, run_id: str, summary: list[dict], tables: dict[str, list[Comparison]],
                 choice: list[dict]) -> None:
-    """The report's tables as MLflow tables (JSON artifacts MLflow's artifact view renders as tables);
-    ``tables``: the pairwise and the batch-size comparisons."""
-    pairwise, by_batch_size = tables
+    """The report's tables as MLflow tables (JSON artifacts MLflow's artifact view renders as tables):
+    the summary, the which-norm table and each non-empty comparison table (``report/<name>_table.json``)."""
     import pandas as pd
 
     cols = ["norm", "batch_size", "seeds", "converged", "case_dice_mean", "case_dice_ci_low", "case_dice_ci_high",
@@ -554,7 +572,7 @@ def _log_tables(client, run_id: str, summary: list[dict], tables: tuple[list[Com
             "peak_memory_mb_mean", "bn_batch_stats_gap_mean", "batch_dependence_train_mean",
             "batch_dependence_eval_mean"]
     client.log_table(run_id, pd.DataFrame([{k: s[k] for k in cols} for s in summary]), "report/summary_table.json")
-    client.log_table(run_id, pd.DataFrame([c.to_dict() for c in pairwise]), "report/pairwise_table.json")
     client.log_table(run_id, pd.DataFrame(choice), "report/which_norm_table.json")
-    if by_batch_size:
-        client.log_table(run_id, pd.DataFrame([c.to_dict() for c in by_batch_size]), "report/batch_size_table.json")
+    for name, table in tables.items():
+        if table:
+            client.log_table(run_id, pd.DataFrame([c.to_dict() for c in table]), f"report/{name}_table.json")

@@ -17,7 +17,9 @@ and were validated on the same cases. For norms A and B at one batch size:
   (``statsmodels.stats.multitest.multipletests``, Holm 1979).
 
 The same statistics compare one norm at a smaller batch size with itself at the sweep's largest
-(:func:`batch_size_table`, its own Holm family): for one seed those children are paired too.
+(:func:`batch_size_table`, its own Holm family): for one seed those children are paired too; and
+whether a norm's difference from the reference norm changes between a smaller batch size and the
+largest (:func:`interaction_table`, a difference in differences, its own Holm family).
 
 Two norms *tie* when the interval contains 0 (the which-norm table's rule). The verdict of a
 comparison refines it with the test, the seeds and a margin m of negligible difference
@@ -181,21 +183,33 @@ def holm(p_values: list[float]) -> list[float]:
     return out
 
 
-def _compare_cells(dice: dict[tuple[str, int], dict[int, dict[str, float]]],
-                   pairs: list[tuple[tuple[str, int], tuple[str, int]]], margin: float) -> list[Comparison]:
-    """Paired comparison of each pair of cells ``((norm, batch size), (norm, batch size))``,
-    Holm-corrected across the pairs; ``margin``: the negligible difference."""
+Seeds = dict[int, dict[str, float]]  # {seed: {case: Dice (or a per-case difference)}}
+
+
+def _compare(specs: list[tuple[dict, Seeds, Seeds]], margin: float) -> list[Comparison]:
+    """Paired comparison A - B of each ``(identity, a, b)``, Holm-corrected across the list;
+    ``identity``: the Comparison fields that name the row (batch sizes and norms)."""
     rows = []
-    for (na, ba), (nb, bb) in pairs:
-        a, b = dice[(na, ba)], dice[(nb, bb)]
+    for ident, a, b in specs:
         d = paired_case_differences(a, b)
         mean, lo, hi, p = compare(d)
-        rows.append(Comparison(ba, na, nb, len(set(a) & set(b)), int(d.size), mean, lo, hi, p,
-                               batch_size_b=None if ba == bb else bb, per_seed=per_seed_differences(a, b),
-                               margin=margin))
+        rows.append(Comparison(**ident, seeds=len(set(a) & set(b)), cases=int(d.size), mean_difference=mean,
+                               ci_low=lo, ci_high=hi, p_value=p, per_seed=per_seed_differences(a, b), margin=margin))
     for row, p in zip(rows, holm([r.p_value for r in rows])):
         row.p_holm = p
     return rows
+
+
+def _compare_cells(dice: dict[tuple[str, int], Seeds], pairs: list[tuple[tuple[str, int], tuple[str, int]]],
+                   margin: float) -> list[Comparison]:
+    """Paired comparison of each pair of cells ``((norm, batch size), (norm, batch size))``."""
+    return _compare([({"batch_size": ba, "norm_a": na, "norm_b": nb, "batch_size_b": None if ba == bb else bb},
+                      dice[(na, ba)], dice[(nb, bb)]) for (na, ba), (nb, bb) in pairs], margin)
+
+
+def _difference(a: Seeds, b: Seeds) -> Seeds:
+    """Per seed and case, A - B (the seeds and cases both have)."""
+    return {s: {c: a[s][c] - b[s][c] for c in set(a[s]) & set(b[s])} for s in set(a) & set(b)}
 
 
 def pairwise_table(dice: dict[tuple[str, int], dict[int, dict[str, float]]], norm_order: list[str],
@@ -233,6 +247,32 @@ def batch_size_table(dice: dict[tuple[str, int], dict[int, dict[str, float]]],
     pairs = [((n, b), (n, largest)) for n in norm_order if (n, largest) in dice
              for b in sorted(b for m, b in dice if m == n and b != largest)]
     return _compare_cells(dice, pairs, margin)
+
+
+def interaction_table(dice: dict[tuple[str, int], Seeds], norm_order: list[str], reference: str,
+                      margin: float = NEGLIGIBLE) -> list[Comparison]:
+    """Does batch size change a norm's difference from the reference norm? For each other norm n and
+    each smaller batch size b, per case (n - reference at b) - (n - reference at the largest batch
+    size L), averaged over seeds (a difference in differences), with the same CI and test as the
+    pairwise table, Holm-corrected across this table. A row has ``norm_a = n``, ``norm_b =
+    reference``, ``batch_size = b``, ``batch_size_b = L``; "batch size b better" means n does better
+    against the reference at b than at L.
+
+    Returns:
+        the rows; empty when the reference or a second batch size is missing.
+    """
+    largest = max((b for _, b in dice), default=0)
+    if (reference, largest) not in dice:
+        return []
+    specs = []
+    for n in norm_order:
+        if n == reference or (n, largest) not in dice:
+            continue
+        at_largest = _difference(dice[(n, largest)], dice[(reference, largest)])
+        for b in sorted(b for m, b in dice if m == n and b != largest and (reference, b) in dice):
+            specs.append(({"batch_size": b, "norm_a": n, "norm_b": reference, "batch_size_b": largest},
+                          _difference(dice[(n, b)], dice[(reference, b)]), at_largest))
+    return _compare(specs, margin)
 
 
 def mean_ci(values: np.ndarray) -> tuple[float, float, float]:

@@ -33,22 +33,28 @@ def test_the_verdict_combines_the_interval_the_holm_p_the_seeds_and_the_margin()
     assert _comparison(0.002, 0.022, math.nan).verdict == "instance better"
 
 
+CASES12 = [f"c{i}" for i in range(12)]
+
+
+def _cell_dice(norm: str, bs: int, seed: int, i: int) -> float:
+    """Batch norm loses 0.03 + 0.002 * case at batch 1 and nothing at batch 2; instance norm moves
+    by +-0.005 alternating by case at batch 1 (no effect); seeds shift every cell alike."""
+    base = 0.8 + 0.005 * i + 0.01 * seed
+    if norm == "batch":
+        return base - (0.03 + 0.002 * i if bs == 1 else 0.0)
+    return base + (0.005 * (-1) ** i if bs == 1 else 0.0)
+
+
+def _cells() -> dict:
+    return {(n, b): {s: {c: _cell_dice(n, b, s, i) for i, c in enumerate(CASES12)} for s in (0, 1)}
+            for n in ("instance", "batch") for b in (1, 2, 4)}
+
+
 def test_the_batch_size_table_compares_each_norm_with_itself_at_the_largest_batch_size():
     from scipy import stats
 
     from medseg.study.statistics import batch_size_table
-    cases = [f"c{i}" for i in range(12)]
-
-    def dice(norm: str, bs: int, seed: int, i: int) -> float:
-        # batch norm loses 0.03 + 0.002 * case at batch 1 and nothing at batch 2; instance norm
-        # moves by +-0.005 alternating by case (no effect); seeds shift every cell alike
-        base = 0.8 + 0.005 * i + 0.01 * seed
-        if norm == "batch":
-            return base - (0.03 + 0.002 * i if bs == 1 else 0.0)
-        return base + (0.005 * (-1) ** i if bs == 1 else 0.0)
-
-    table = {(n, b): {s: {c: dice(n, b, s, i) for i, c in enumerate(cases)} for s in (0, 1)}
-             for n in ("instance", "batch") for b in (1, 2, 4)}
+    cases, table = CASES12, _cells()
     rows = {(c.norm_a, c.batch_size): c for c in batch_size_table(table, ["instance", "batch"])}
     assert set(rows) == {("instance", 1), ("instance", 2), ("batch", 1), ("batch", 2)}
     bn1 = rows[("batch", 1)]
@@ -66,3 +72,20 @@ def test_the_batch_size_table_compares_each_norm_with_itself_at_the_largest_batc
     assert bn1.per_seed == pytest.approx((-0.041, -0.041), abs=1e-12) and bn1.seeds_agree
     assert rows[("instance", 1)].tie and rows[("batch", 2)].mean_difference == pytest.approx(0, abs=1e-12)
     assert batch_size_table({k: v for k, v in table.items() if k[1] == 4}, ["instance", "batch"]) == []
+
+
+def test_the_interaction_table_is_the_difference_in_differences_against_the_reference():
+    from scipy import stats
+
+    from medseg.study.statistics import interaction_table
+    rows = {c.batch_size: c for c in interaction_table(_cells(), ["instance", "batch"], "instance")}
+    assert set(rows) == {1, 2}
+    one = rows[1]
+    assert (one.norm_a, one.norm_b, one.batch_size_b, one.seeds, one.cases) == ("batch", "instance", 4, 2, 12)
+    # (batch - instance at 1) - (batch - instance at 4) = -(0.03 + 0.002 i) - 0.005 (-1)^i: mean -0.041
+    d = np.array([-(0.03 + 0.002 * int(c[1:])) - 0.005 * (-1) ** int(c[1:]) for c in sorted(CASES12)])
+    assert one.mean_difference == pytest.approx(-0.041, abs=1e-12) == pytest.approx(d.mean(), abs=1e-12)
+    assert one.p_value == pytest.approx(stats.wilcoxon(d).pvalue, rel=1e-9)
+    assert one.verdict == "batch size 4 better"  # batch norm does worse against instance norm at batch 1
+    assert rows[2].mean_difference == pytest.approx(0, abs=1e-12)
+    assert interaction_table(_cells(), ["instance", "batch"], "group") == []
