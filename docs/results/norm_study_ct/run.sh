@@ -3,6 +3,10 @@
 # to continue). STORE is the MLflow store (default: this folder's mlflow.db).
 set -euo pipefail
 STORE=${STORE:-sqlite:///docs/results/norm_study_ct/mlflow.db}
+# the store is committed compressed (mlflow.db.gz): unpack it once; at the end of a sitting:
+# gzip -9 -c mlflow.db > mlflow.db.gz, and commit that
+HERE=docs/results/norm_study_ct
+[ -f "$HERE/mlflow.db" ] || [ ! -f "$HERE/mlflow.db.gz" ] || gunzip -c "$HERE/mlflow.db.gz" > "$HERE/mlflow.db"
 DATA=${DATA:-../shared/data/OpenKBP_HeadNeckCT}
 JOBS=${JOBS:-2}  # on the MRI arm 1.30x faster than 1 on 2 cores (benchmarks/sweep_jobs.py); not measured on CT
 # instance, group and batch norm x batch sizes 1 and 4 x 2 seeds (12 children), 7200 patches each
