@@ -49,8 +49,8 @@ from medseg.keys import (
 )
 from medseg.norm_registry import NORMS
 from medseg.study.rules import NEGLIGIBLE, PLATEAU_DELTA
-from medseg.study.statistics import (ALPHA, Comparison, batch_size_table, case_dice, interaction_table, mean_ci,
-                                     pairwise_table)
+from medseg.study.statistics import (ALPHA, Comparison, batch_size_table, case_dice, cell_case_means,
+                                     interaction_table, mean_ci, pairwise_table)
 from medseg.tracking import Tracker
 
 SUMMARY_METRICS = ("final_dice_mean", "last_third_gain", "best_dice_mean", "hd95_mean", "seconds_per_iteration",
@@ -99,6 +99,15 @@ def plateau(curve: list[tuple[int, float]], delta: float) -> tuple[float, bool]:
     return gain, gain <= delta
 
 
+def last_third_gain(curve: list[tuple[int, float]]) -> float:
+    """The last validation's mean Dice minus that of the last validation at or before two thirds of
+    the curve's points (``curve[-1 - ceil(n / 3)]``; 12 points: validation 12 minus 8); NaN with
+    fewer than 3 points."""
+    if len(curve) < 3:
+        return math.nan
+    return curve[-1][1] - curve[-1 - math.ceil(len(curve) / 3)][1]
+
+
 def collect_runs(client, experiment_id: str, sweep_id: str, plateau_delta: float = PLATEAU_DELTA) -> list[dict]:
     """One row per finished child run of the sweep (superseded restarts left out), with its
     learning curve under ``curve`` ([(training patches seen, validation mean Dice)]) and its
@@ -115,7 +124,7 @@ def collect_runs(client, experiment_id: str, sweep_id: str, plateau_delta: float
         loss = _history(client, run_id, TRAIN_LOSS)
         curve = [((s + 1) * ipe * bs, v) for s, v in _history(client, run_id, VAL_DICE_MEAN)]
         gain, converged = plateau(curve, plateau_delta)
-        third = curve[-1][1] - curve[-1 - len(curve) // 3][1] if len(curve) >= 3 else math.nan
+        third = last_third_gain(curve)
         cases = per_case_dice(m)
         row = {"run_id": run_id, "norm": p["model.norm"], "batch_size": bs, "seed": int(p["seed"]),
                "iterations": ipe * int(p["train.epochs"]), "samples": ipe * int(p["train.epochs"]) * bs,
@@ -146,12 +155,6 @@ def dice_by_cell(rows: list[dict]) -> dict[tuple[str, int], dict[int, dict[str, 
         if r["cases"]:
             out[(r["norm"], r["batch_size"])][r["seed"]] = case_dice(r["cases"])
     return dict(out)
-
-
-def cell_case_means(seeds: dict[int, dict[str, float]]) -> np.ndarray:
-    """Per-case Dice averaged over the seeds of one cell (the cases all its seeds have)."""
-    cases = sorted(set.intersection(*(set(v) for v in seeds.values())))
-    return np.array([np.mean([seeds[s][c] for s in seeds]) for c in cases], dtype=float)
 
 
 def summarize_runs(rows: list[dict]) -> list[dict]:
@@ -271,7 +274,8 @@ def which_norm(summary: list[dict], table: list[Comparison]) -> list[dict]:
     """Per batch size: the norm with the highest final Dice, the norms tied with it (their paired CI
     against it contains 0) and the norms worse than it. A norm is starred (``group*``) when the
     Holm-corrected Wilcoxon test disagrees with the interval (statistics.Comparison.agree), or, for
-    a worse norm, a seed disagrees in sign."""
+    a worse norm, a seed disagrees in sign; and when, on the seeds both have, it beats the norm with
+    the highest mean (a partial store, where cells have different seeds), it is listed as tied."""
     out = []
     for bs in sorted({s["batch_size"] for s in summary}):
         cells = [s for s in summary if s["batch_size"] == bs and math.isfinite(s["case_dice_mean"])]
@@ -283,8 +287,9 @@ def which_norm(summary: list[dict], table: list[Comparison]) -> list[dict]:
             if s["norm"] == best:
                 continue
             (c,) = [c for c in table if c.batch_size == bs and {c.norm_a, c.norm_b} == {best, s["norm"]}]
-            settled = c.agree and (c.tie or c.seeds_agree)
-            (tied if c.tie else worse).append(s["norm"] + ("" if settled else "*"))
+            best_wins = (c.norm_a == best) == (c.mean_difference > 0)
+            settled = c.agree and (c.tie or (c.seeds_agree and best_wins))
+            (tied if c.tie or not best_wins else worse).append(s["norm"] + ("" if settled else "*"))
         out.append({"batch_size": bs, "best": best, "tied_with_best": ", ".join(tied) or "-",
                     "worse": ", ".join(worse) or "-"})
     return out
@@ -296,7 +301,8 @@ def which_norm_markdown(rows: list[dict]) -> str:
     lines += [f"| {r['batch_size']} | {r['best']} | {r['tied_with_best']} | {r['worse']} |" for r in rows]
     if any("*" in r["tied_with_best"] + r["worse"] for r in rows):
         lines += ["", f"\\* the Holm-corrected Wilcoxon test disagrees with the interval (Holm p < {ALPHA:g} for a "
-                  f"tie, Holm p ≥ {ALPHA:g} for a worse norm), or a seed disagrees in sign: see the pairwise table."]
+                  f"tie, Holm p ≥ {ALPHA:g} for a worse norm), a seed disagrees in sign, or (partial stores) it beats the "
+                  "highest on the seeds both have: see the pairwise table."]
     return "\n".join(lines) + "\n"
 
 
@@ -502,6 +508,11 @@ def _completeness(params: dict[str, str], rows: list[dict]) -> str:
     return text + (f" **Interim report**: not finished yet: {', '.join(missing)}." if missing else "")
 
 
+def _family(table: list[Comparison]) -> int:
+    """How many comparisons Holm's correction counted (those with a p-value)."""
+    return sum(math.isfinite(c.p_value) for c in table)
+
+
 def _margin(table: list[Comparison]) -> str:
     return f"{table[0].margin:g}" if table else f"{NEGLIGIBLE:g}"
 
@@ -526,7 +537,7 @@ def _report_markdown(sweep_id: str, experiment: str, parent, rows: list[dict], s
             "seed the same training patches and initial weights; averaged over seeds per case; 95 % BCa bootstrap "
             "CI with cases resampled, so it is conditional on the trained networks (the per-seed column shows the "
             "spread between training runs, which the CI does not contain); two-sided Wilcoxon signed-rank test on "
-            f"the per-case differences, Holm-corrected across the {len(pairwise)} comparisons of the pairwise table. "
+            f"the per-case differences, Holm-corrected across the {_family(pairwise)} comparisons of the pairwise table. "
             "Two norms tie when the CI contains 0: the data do not tell them apart, which is not a proof that they "
             "are equivalent. Verdicts: *A better* when the CI excludes 0, the Holm p is below "
             f"{ALPHA:g} and every seed agrees in sign; *suggestive* when the CI excludes 0 but the test or a seed "
@@ -537,13 +548,13 @@ def _report_markdown(sweep_id: str, experiment: str, parent, rows: list[dict], s
             "\n## Pairwise comparisons\n\n" + pairwise_markdown(pairwise) +
             "\n## Batch size, per norm\n\nEach norm at each smaller batch size against itself at the largest, "
             "paired the same way (for one seed, the same patches in the same order and the same initial weights), "
-            f"Holm-corrected across the {len(by_batch_size)} comparisons of this table. This compares the recipe at "
+            f"Holm-corrected across the {_family(by_batch_size)} comparisons of this table. This compares the recipe at "
             "each batch size, not batch size alone: at a fixed number of patches a smaller batch takes more, smaller "
             "optimizer steps, with the learning rate scaled by the sweep's rule.\n\n"
             + batch_size_markdown(by_batch_size) +
             "\n## Does batch size change the difference between norms?\n\nFor each norm and each smaller batch size "
             "b: per case, (norm - reference at b) - (norm - reference at the largest batch size), averaged over seeds "
-            f"(a difference in differences), Holm-corrected across the {len(interaction)} comparisons of this table. "
+            f"(a difference in differences), Holm-corrected across the {_family(interaction)} comparisons of this table. "
             "*batch size b better*: the norm does better against the reference at b than at the largest batch "
             "size.\n\n" + interaction_markdown(interaction) +
             "\n## Summary (per norm and batch size)\n\n"

@@ -68,16 +68,30 @@ def paired_case_differences(a: dict[int, dict[str, float]], b: dict[int, dict[st
     Returns:
         (cases,) array, cases in sorted order; empty when no (seed, case) is shared.
     """
+    seeds, cases = _shared(a, b)
+    return np.array([np.mean([a[s][c] - b[s][c] for s in seeds]) for c in cases], dtype=float)
+
+
+def _shared(a: dict[int, dict[str, float]], b: dict[int, dict[str, float]]) -> tuple[list[int], list[str]]:
+    """The seeds both have, and the cases every one of those seeds has in both (sorted)."""
     seeds = sorted(set(a) & set(b))
     cases = sorted(set.intersection(*(set(a[s]) & set(b[s]) for s in seeds))) if seeds else []
-    return np.array([np.mean([a[s][c] - b[s][c] for s in seeds]) for c in cases], dtype=float)
+    return seeds, cases
+
+
+def cell_case_means(seeds: dict[int, dict[str, float]]) -> np.ndarray:
+    """Per-case Dice of one cell ``{seed: {case: Dice}}`` averaged over its seeds (the cases all
+    its seeds have, sorted)."""
+    cases = sorted(set.intersection(*(set(v) for v in seeds.values())))
+    return np.array([np.mean([seeds[s][c] for s in seeds]) for c in cases], dtype=float)
 
 
 @dataclass
 class Comparison:
-    """One paired comparison of two cells (differences are A - B, in Dice): two norms at one batch
-    size, or, when ``batch_size_b`` is set, one norm (``norm_a == norm_b``) at ``batch_size`` (A) and
-    at ``batch_size_b`` (B)."""
+    """One paired comparison (differences are A - B, in Dice): two norms at one batch size; or, when
+    ``batch_size_b`` is set, A at ``batch_size`` against B at ``batch_size_b``: one norm against
+    itself (``norm_a == norm_b``, :func:`batch_size_table`), or the difference ``norm_a - norm_b``
+    at the two batch sizes (:func:`interaction_table`)."""
 
     batch_size: int
     norm_a: str
@@ -95,8 +109,9 @@ class Comparison:
 
     @property
     def seeds_agree(self) -> bool:
-        """Every seed's mean difference has the sign of the overall mean (True with one seed)."""
-        return all(math.copysign(1, d) == math.copysign(1, self.mean_difference) for d in self.per_seed)
+        """Every seed's mean difference has the (non-zero) sign of the overall mean; a seed at 0 or
+        NaN does not agree. True with no per-seed values."""
+        return all(d * self.mean_difference > 0 for d in self.per_seed)
 
     @property
     def labels(self) -> tuple[str, str]:
@@ -131,8 +146,8 @@ class Comparison:
             word = "no practical difference" if within else "cannot tell"
             return word if self.agree or not math.isfinite(self.p_holm) else f"{word}, Holm p {self.p_holm:.2g}"
         winner = self.labels[0] if self.mean_difference > 0 else self.labels[1]
-        doubts = ([f"Holm p {self.p_holm:.2g}"] if math.isfinite(self.p_holm) and not self.significant else []) + (
-            ["seeds disagree"] if not self.seeds_agree else [])
+        doubts = ([f"Holm p {self.p_holm:.2g}"] if math.isfinite(self.p_holm) and not self.significant else
+                  [] if math.isfinite(self.p_holm) else ["no test"]) + (["seeds disagree"] if not self.seeds_agree else [])
         if doubts:
             return f"suggestive: {winner} better ({', '.join(doubts)})"
         return f"{winner} better" + (f" by less than {self.margin:g}" if within else "")
@@ -145,29 +160,30 @@ class Comparison:
 
 
 def per_seed_differences(a: dict[int, dict[str, float]], b: dict[int, dict[str, float]]) -> tuple[float, ...]:
-    """Mean difference A - B over the shared cases, for each seed both have (sorted by seed): the
-    spread that the case-resampled interval does not contain."""
-    out = []
-    for s in sorted(set(a) & set(b)):
-        cases = sorted(set(a[s]) & set(b[s]))
-        out.append(float(np.mean([a[s][c] - b[s][c] for c in cases])) if cases else math.nan)
-    return tuple(out)
+    """Mean difference A - B for each seed both have (sorted by seed), over the same cases as
+    :func:`paired_case_differences`: the spread that the case-resampled interval does not contain."""
+    seeds, cases = _shared(a, b)
+    return tuple(float(np.mean([a[s][c] - b[s][c] for c in cases])) if cases else math.nan for s in seeds)
 
 
 def compare(d: np.ndarray) -> tuple[float, float, float, float]:
     """Mean, 95 % bootstrap CI (BCa, cases resampled) and Wilcoxon p-value of paired differences ``d``.
 
-    Returns ``(mean, low, high, p)``; with fewer than 2 cases, or all differences equal, the
-    interval is the mean itself, and the p-value is 1 when every difference is 0.
+    Returns ``(mean, low, high, p)``. With all differences equal the interval is the mean itself
+    (nothing to resample); the p-value is 1 when every difference is 0, NaN with fewer than 2 cases.
     """
     if d.size == 0:
         return math.nan, math.nan, math.nan, math.nan
     mean = float(d.mean())
-    if d.size < 2 or np.all(d == d[0]):
-        return mean, mean, mean, 1.0 if np.all(d == 0) else math.nan
+    if d.size < 2:
+        return mean, mean, mean, math.nan
+    if np.all(d == 0):
+        return mean, mean, mean, 1.0
+    p = float(stats.wilcoxon(d, alternative="two-sided").pvalue)
+    if np.all(d == d[0]):
+        return mean, mean, mean, p
     ci = stats.bootstrap((d,), np.mean, confidence_level=CONFIDENCE, n_resamples=N_RESAMPLES, method="BCa",
                          random_state=RANDOM_STATE).confidence_interval
-    p = float(stats.wilcoxon(d, alternative="two-sided").pvalue) if np.any(d != 0) else 1.0
     return mean, float(ci.low), float(ci.high), p
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import sys
 
-from medseg.study.report import cell_case_means, collect_runs, dice_by_cell, pairwise_markdown
-from medseg.study.statistics import holm, mean_ci, pairwise_table
+from medseg.study.report import collect_runs, dice_by_cell, pairwise_markdown
+from medseg.study.statistics import cell_case_means, holm, mean_ci, pairwise_table
 from medseg.tracking import Tracker
 
 STORE = "sqlite:///docs/results/norm_study_mri/mlflow.db"

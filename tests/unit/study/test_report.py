@@ -5,6 +5,7 @@ tests/unit/training/test_patch_stream.py and tests/unit/models/test_unet.py."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -17,6 +18,15 @@ from medseg.tracking import Tracker
 from medseg.keys import FINAL_DICE_MEAN
 from medseg.training.validation import case_dice_key
 from tests.conftest import fresh_store
+
+
+def test_the_gain_over_the_last_third():
+    from medseg.study.report import last_third_gain
+    curve = [(i, v) for i, v in enumerate([0.5, 0.6, 0.7, 0.74, 0.75])]
+    assert last_third_gain(curve) == pytest.approx(0.75 - 0.7)  # 5 points: the last minus the third
+    twelve = [(i, 0.01 * i) for i in range(12)]
+    assert last_third_gain(twelve) == pytest.approx(0.11 - 0.07)  # validation 12 minus 8
+    assert math.isnan(last_third_gain(curve[:2]))
 
 
 def test_the_plateau_rule():
@@ -182,3 +192,19 @@ def test_which_norm_stars_a_worse_norm_whose_seeds_disagree():
     c = Comparison(2, "instance", "group", 2, 26, 0.007, 0.002, 0.012, p_value=0.0003, p_holm=0.001,
                    per_seed=(0.015, -0.001))
     assert which_norm(summary, [c])[0]["worse"] == "group*"
+
+
+def test_which_norm_never_calls_worse_a_norm_that_beats_the_best_on_the_shared_seeds():
+    """A partial store: instance has seeds 0 and 1 (mean 0.80), group only seed 0, where it beats
+    instance; the cell means make instance the highest, the pairing says group is better."""
+    from medseg.study.statistics import pairwise_table
+    cases = [f"c{i}" for i in range(10)]
+    dice = {("instance", 2): {0: {c: 0.70 + 0.001 * i for i, c in enumerate(cases)},
+                              1: {c: 0.90 + 0.001 * i for i, c in enumerate(cases)}},
+            ("group", 2): {0: {c: 0.75 + 0.002 * i for i, c in enumerate(cases)}}}
+    table = pairwise_table(dice, ["instance", "group"])
+    assert table[0].verdict == "group better"
+    summary = [{"batch_size": 2, "norm": "instance", "case_dice_mean": 0.8045},
+               {"batch_size": 2, "norm": "group", "case_dice_mean": 0.759}]
+    row = which_norm(summary, table)[0]
+    assert row["best"] == "instance" and row["worse"] == "-" and row["tied_with_best"] == "group*"

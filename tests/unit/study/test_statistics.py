@@ -10,8 +10,24 @@ from medseg.study.statistics import Comparison, compare
 
 
 def test_compare_on_degenerate_input():
+    from scipy import stats
     assert compare(np.zeros(5))[1:] == (0.0, 0.0, 1.0)
     assert all(math.isnan(v) for v in compare(np.array([])))
+    mean, lo, hi, p = compare(np.array([0.02]))
+    assert (mean, lo, hi) == (0.02, 0.02, 0.02) and math.isnan(p)
+    # equal non-zero differences: nothing to resample, but the signed-rank test still runs (2 / 2^8)
+    mean, lo, hi, p = compare(np.full(8, 0.02))
+    assert lo == hi == 0.02 and p == stats.wilcoxon(np.full(8, 0.02)).pvalue == 2 / 2 ** 8
+
+
+def test_the_per_seed_differences_use_the_cases_of_the_interval():
+    from medseg.study.statistics import paired_case_differences, per_seed_differences
+    cases = [f"c{i}" for i in range(10)]
+    a = {0: {c: 0.8 for c in cases}, 1: {c: 0.8 for c in cases[1:]}}  # seed 1 lacks c0
+    b = {0: {c: 0.8 for c in cases}, 1: {c: 0.8 for c in cases[1:]}}
+    a[0]["c0"] = 0.9  # an outlier on the case seed 1 lacks
+    assert paired_case_differences(a, b).size == 9
+    assert per_seed_differences(a, b) == pytest.approx((0.0, 0.0), abs=1e-12)
 
 
 def _comparison(ci_low: float, ci_high: float, p_holm: float, per_seed: tuple[float, ...] = ()) -> Comparison:
@@ -30,7 +46,10 @@ def test_the_verdict_combines_the_interval_the_holm_p_the_seeds_and_the_margin()
     assert _comparison(-0.004, 0.006, 0.6).verdict == "no practical difference"
     assert _comparison(-0.004, 0.016, 0.6).verdict == "cannot tell"
     assert _comparison(-0.001, 0.012, 0.01).verdict == "cannot tell, Holm p 0.01"
-    assert _comparison(0.002, 0.022, math.nan).verdict == "instance better"
+    # no test (one case): the CI alone does not make a winner
+    assert _comparison(0.002, 0.022, math.nan).verdict == "suggestive: instance better (no test)"
+    # a seed at exactly 0 does not agree with a positive mean
+    assert _comparison(0.004, 0.022, 0.001, (0.02, 0.0)).verdict == "suggestive: instance better (seeds disagree)"
 
 
 CASES12 = [f"c{i}" for i in range(12)]
