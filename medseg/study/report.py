@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -235,35 +236,38 @@ def _comparison_cells(c: Comparison) -> list[str]:
 _COMPARISON_HEAD = ["seeds", "cases", "mean Dice A - B [95 % CI]", "per seed", "Wilcoxon p", "Holm p", "verdict"]
 
 
+def _comparison_markdown(table: list[Comparison], keys: dict[str, Callable[[Comparison], object]],
+                         difference: str = "mean Dice A - B [95 % CI]") -> str:
+    """A comparison table as Markdown: the identifying columns ``keys`` (header -> value), then the
+    statistics columns, with ``difference`` as the difference column's header."""
+    head = list(keys) + [difference if h == _COMPARISON_HEAD[2] else h for h in _COMPARISON_HEAD]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join([str(f(c)) for f in keys.values()] + _comparison_cells(c)) + " |" for c in table]
+    return "\n".join(lines) + "\n"
+
+
 def pairwise_markdown(table: list[Comparison]) -> str:
     """The pairwise comparisons as a Markdown table."""
-    head = ["batch size", "A", "B"] + _COMPARISON_HEAD
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join([str(c.batch_size), c.norm_a, c.norm_b] + _comparison_cells(c)) + " |" for c in table]
-    return "\n".join(lines) + "\n"
+    return _comparison_markdown(table, {"batch size": lambda c: c.batch_size, "A": lambda c: c.norm_a,
+                                        "B": lambda c: c.norm_b})
 
 
 def batch_size_markdown(table: list[Comparison]) -> str:
     """The per-norm batch-size comparisons (statistics.batch_size_table) as a Markdown table."""
     if not table:
         return "One batch size only: nothing to compare.\n"
-    head = ["norm", "batch size A", "batch size B"] + _COMPARISON_HEAD
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join([c.norm_a, str(c.batch_size), str(c.batch_size_b)] + _comparison_cells(c)) + " |"
-              for c in table]
-    return "\n".join(lines) + "\n"
+    return _comparison_markdown(table, {"norm": lambda c: c.norm_a, "batch size A": lambda c: c.batch_size,
+                                        "batch size B": lambda c: c.batch_size_b})
 
 
 def interaction_markdown(table: list[Comparison]) -> str:
     """The difference-in-differences rows (statistics.interaction_table) as a Markdown table."""
     if not table:
         return "Needs the reference norm and a second batch size: nothing to compare.\n"
-    head = ["norm", "reference", "batch size A", "batch size B"] + _COMPARISON_HEAD
-    head[head.index("mean Dice A - B [95 % CI]")] = "(norm - reference) at A minus at B [95 % CI]"
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join([c.norm_a, c.norm_b, str(c.batch_size), str(c.batch_size_b)] + _comparison_cells(c))
-              + " |" for c in table]
-    return "\n".join(lines) + "\n"
+    return _comparison_markdown(table, {"norm": lambda c: c.norm_a, "reference": lambda c: c.norm_b,
+                                        "batch size A": lambda c: c.batch_size,
+                                        "batch size B": lambda c: c.batch_size_b},
+                                "(norm - reference) at A minus at B [95 % CI]")
 
 
 def _p(p: float) -> str:
@@ -335,16 +339,16 @@ def _errorbar_plot(ax, summary: list[dict], key: str, ylabel: str) -> None:
     ax.set_xticks(sorted({s["batch_size"] for s in summary}))
 
 
-def plot_paired_differences(pairwise: list[Comparison], path: Path) -> Path | None:
-    """Each norm's paired difference in final Dice from the reference norm (instance norm, the
-    default, else the first norm of the sweep) at each batch size, with its 95 % CI: unlike the
+def plot_paired_differences(pairwise: list[Comparison], reference: str, path: Path) -> Path | None:
+    """Each norm's paired difference in final Dice from the ``reference`` norm at each batch size,
+    with its 95 % CI: unlike the
     per-norm CIs of dice_vs_batch_size.png, these intervals pair the cases (and, by averaging per
     case, the seeds), so they show differences the per-norm intervals hide.
     Returns ``path``, or None when the sweep has one norm."""
     norms = [n for n in NORM_ORDER if any(n in (c.norm_a, c.norm_b) for c in pairwise)]
     if not norms:
         return None
-    ref = norms[0]
+    ref = reference
     others = [n for n in norms if n != ref]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for i, norm in enumerate(others):
@@ -464,7 +468,7 @@ def build_report(tracking_uri: str, experiment: str, folder: Path, sweep_id: str
     text = _report_markdown(sweep_id, experiment, parent, rows, summary, tables, choice, plateau_delta)
     atomic_write_text(folder / "summary.md", text)
     plot_report(rows, summary, folder)
-    plot_paired_differences(pairwise, folder / "paired_differences.png")
+    plot_paired_differences(pairwise, reference, folder / "paired_differences.png")
     if log_to_parent:
         client.log_artifacts(parent.info.run_id, str(folder), "report")
         _log_tables(client, parent.info.run_id, summary, tables, choice)
