@@ -51,7 +51,7 @@ from medseg.keys import (
 from medseg.norm_registry import NORMS
 from medseg.study.rules import NEGLIGIBLE, PLATEAU_DELTA
 from medseg.study.statistics import (ALPHA, Comparison, batch_size_table, case_dice, cell_case_means,
-                                     interaction_table, mean_ci, pairwise_table)
+                                     interaction_table, label_table, mean_ci, pairwise_table)
 from medseg.tracking import Tracker
 
 SUMMARY_METRICS = ("final_dice_mean", "last_third_gain", "best_dice_mean", "hd95_mean", "seconds_per_iteration",
@@ -156,6 +156,15 @@ def dice_by_cell(rows: list[dict]) -> dict[tuple[str, int], dict[int, dict[str, 
         if r["cases"]:
             out[(r["norm"], r["batch_size"])][r["seed"]] = case_dice(r["cases"])
     return dict(out)
+
+
+def dice_by_label(rows: list[dict]) -> dict[str, dict[tuple[str, int], dict[int, dict[str, float]]]]:
+    """``{label: {(norm, batch size): {seed: {case: final-model Dice of that label}}}}``."""
+    out: dict = defaultdict(lambda: defaultdict(dict))
+    for r in rows:
+        for (case, label), d in r["cases"].items():
+            out[label][(r["norm"], r["batch_size"])].setdefault(r["seed"], {})[case] = d
+    return {label: dict(cells) for label, cells in out.items()}
 
 
 def summarize_runs(rows: list[dict]) -> list[dict]:
@@ -268,6 +277,15 @@ def interaction_markdown(table: list[Comparison]) -> str:
                                         "batch size A": lambda c: c.batch_size,
                                         "batch size B": lambda c: c.batch_size_b},
                                 "(norm - reference) at A minus at B [95 % CI]")
+
+
+def label_markdown(table: list[Comparison]) -> str:
+    """The per-label comparisons (statistics.label_table) as a Markdown table."""
+    if not table:
+        return "Needs the reference norm and a second norm: nothing to compare.\n"
+    return _comparison_markdown(table, {"label": lambda c: c.label, "batch size": lambda c: c.batch_size,
+                                        "A": lambda c: c.norm_a, "B": lambda c: c.norm_b},
+                                "Dice of the label A - B [95 % CI]")
 
 
 def _p(p: float) -> str:
@@ -434,16 +452,18 @@ def build_report(tracking_uri: str, experiment: str, folder: Path, sweep_id: str
 
     Writes ``runs.csv`` (one row per child run), ``cases.csv`` (final-model Dice per child, case
     and label), ``summary.csv``, ``pairwise.csv``, ``batch_size_effect.csv`` (each norm at smaller
-    batch sizes against itself at the largest) and ``interaction.csv`` (whether a norm's difference
-    from the reference changes with batch size), ``summary.md`` (convergence, which norm at which
+    batch sizes against itself at the largest), ``interaction.csv`` (whether a norm's difference
+    from the reference changes with batch size) and ``per_label.csv`` (the reference against each
+    other norm on each label's Dice), ``summary.md`` (convergence, which norm at which
     batch size, the paired comparisons, the summary and batch-dependence tables) and the PNG
     plots; logs them to the parent run under ``report/``, the tables also as MLflow tables
     (``report/*.json``, shown as tables in MLflow's artifact view).
 
     Returns:
         ``{"sweep_id", "parent_run_id", "rows", "summary", "pairwise", "batch_size_effect", "interaction",
-        "which_norm", "converged", "folder"}`` (the three comparison tables: statistics.pairwise_table,
-        batch_size_table and interaction_table, the reference norm being instance norm when present).
+        "per_label", "which_norm", "converged", "folder"}`` (the four comparison tables:
+        statistics.pairwise_table, batch_size_table, interaction_table and label_table, the reference
+        norm being instance norm when present).
 
     Raises:
         MedsegError: no such experiment or sweep, or no finished child run.
@@ -459,7 +479,8 @@ def build_report(tracking_uri: str, experiment: str, folder: Path, sweep_id: str
     reference = next((n for n in NORM_ORDER if any(n == k[0] for k in dice)), NORM_ORDER[0])
     tables = {"pairwise": pairwise_table(dice, list(NORM_ORDER), negligible),
               "batch_size_effect": batch_size_table(dice, list(NORM_ORDER), negligible),
-              "interaction": interaction_table(dice, list(NORM_ORDER), reference, negligible)}
+              "interaction": interaction_table(dice, list(NORM_ORDER), reference, negligible),
+              "per_label": label_table(dice_by_label(rows), list(NORM_ORDER), reference, negligible)}
     pairwise = tables["pairwise"]
     choice = which_norm(summary, pairwise)
     folder = Path(folder)
@@ -478,7 +499,7 @@ def build_report(tracking_uri: str, experiment: str, folder: Path, sweep_id: str
 
 def _write_csvs(folder: Path, rows: list[dict], summary: list[dict], tables: dict[str, list[Comparison]]) -> None:
     """runs.csv, cases.csv, summary.csv and one CSV per comparison table (pairwise.csv,
-    batch_size_effect.csv, interaction.csv) in ``folder`` (created)."""
+    batch_size_effect.csv, interaction.csv, per_label.csv) in ``folder`` (created)."""
     folder.mkdir(parents=True, exist_ok=True)
     write_csv([{k: v for k, v in r.items() if k not in ("curve", "cases")} for r in rows], folder / "runs.csv")
     write_csv([{"run_id": r["run_id"], "norm": r["norm"], "batch_size": r["batch_size"], "seed": r["seed"],
@@ -526,6 +547,8 @@ def _report_markdown(sweep_id: str, experiment: str, parent, rows: list[dict], s
     """summary.md: convergence, design, which norm at which batch size, the tables (``tables``: the
     pairwise and the batch-size comparisons)."""
     pairwise, by_batch_size, interaction = tables["pairwise"], tables["batch_size_effect"], tables["interaction"]
+    per_label = tables["per_label"]
+    reference = per_label[0].norm_a if per_label else "the reference norm"
     converged = sum(r["converged"] for r in rows)
     p = parent.data.params
     status = (f"**All {len(rows)} children converged** (last validation gain ≤ {plateau_delta:g} mean Dice)."
@@ -561,6 +584,11 @@ def _report_markdown(sweep_id: str, experiment: str, parent, rows: list[dict], s
             f"(a difference in differences), Holm-corrected across the {_family(interaction)} comparisons of this table. "
             "*batch size b better*: the norm does better against the reference at b than at the largest batch "
             "size.\n\n" + interaction_markdown(interaction) +
+            "\n## Per label (secondary)\n\nThe same paired statistics on each foreground label's Dice alone: "
+            f"{reference} against each other norm at each batch size, Holm-corrected across the "
+            f"{_family(per_label)} comparisons of this table (every label). Exploratory: it shows which structures "
+            "carry the differences of the mean over labels; it is not one of the comparisons a conclusion rests "
+            "on.\n\n" + label_markdown(per_label) +
             "\n## Summary (per norm and batch size)\n\n"
             "CI: over cases (seeds averaged per case). ± : standard deviation over seeds. The best-epoch Dice is "
             "selected on the same validation cases, so it is optimistic; it is shown, not ranked by. The gain over "

@@ -20,6 +20,8 @@ The same statistics compare one norm at a smaller batch size with itself at the 
 (:func:`batch_size_table`, its own Holm family): for one seed those children are paired too; and
 whether a norm's difference from the reference norm changes between a smaller batch size and the
 largest (:func:`interaction_table`, a difference in differences, its own Holm family).
+A secondary table (:func:`label_table`, its own Holm family) repeats the reference norm's
+comparisons on each foreground label's Dice alone.
 
 Two norms *tie* when the interval contains 0 (the which-norm table's rule). The verdict of a
 comparison refines it with the test, the seeds and a margin m of negligible difference
@@ -106,6 +108,7 @@ class Comparison:
     batch_size_b: int | None = None
     per_seed: tuple[float, ...] = ()
     margin: float = NEGLIGIBLE
+    label: str | None = None  # set in the per-label table: Dice of this label only
 
     @property
     def seeds_agree(self) -> bool:
@@ -154,6 +157,8 @@ class Comparison:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        if self.label is None:
+            del d["label"]
         d["per_seed"] = " ".join(f"{v:+.4f}" for v in self.per_seed)
         return {**d, "seeds_agree": self.seeds_agree, "tie": self.tie, "significant": self.significant,
                 "verdict": self.verdict}
@@ -288,6 +293,35 @@ def interaction_table(dice: dict[tuple[str, int], Seeds], norm_order: list[str],
         for b in sorted(b for m, b in dice if m == n and b != largest and (reference, b) in dice):
             specs.append(({"batch_size": b, "norm_a": n, "norm_b": reference, "batch_size_b": largest},
                           _difference(dice[(n, b)], dice[(reference, b)]), at_largest))
+    return _compare(specs, margin)
+
+
+def label_table(dice: dict[str, dict[tuple[str, int], Seeds]], norm_order: list[str], reference: str,
+                margin: float = NEGLIGIBLE) -> list[Comparison]:
+    """Per foreground label: the reference norm against each other norm at each batch size, on that
+    label's Dice alone (A = the reference), Holm-corrected across the whole table (every label). A
+    secondary, exploratory table: it shows which structures carry a difference that the mean over
+    labels shows (for CT, whether a norm helps on bone, whose Hounsfield units are distinctive, or on
+    soft tissue).
+
+    Args:
+        dice: ``{label: {(norm, batch size): {seed: {case: Dice of that label}}}}``.
+        norm_order: norms in display order.
+        reference: the norm every other is compared with (rows with ``norm_a = reference``).
+        margin: negligible difference in Dice.
+
+    Returns:
+        rows with ``label`` set, ordered by label, batch size and norm; empty without the reference.
+    """
+    specs = []
+    for label in sorted(dice):
+        cells = dice[label]
+        for bs in sorted({b for _, b in cells}):
+            if (reference, bs) not in cells:
+                continue
+            specs += [({"batch_size": bs, "norm_a": reference, "norm_b": n, "label": label},
+                       cells[(reference, bs)], cells[(n, bs)])
+                      for n in norm_order if n != reference and (n, bs) in cells]
     return _compare(specs, margin)
 
 

@@ -208,3 +208,22 @@ def test_which_norm_never_calls_worse_a_norm_that_beats_the_best_on_the_shared_s
                {"batch_size": 2, "norm": "group", "case_dice_mean": 0.759}]
     row = which_norm(summary, table)[0]
     assert row["best"] == "instance" and row["worse"] == "-" and row["tied_with_best"] == "group*"
+
+
+def test_the_per_label_table_reads_each_labels_dice_from_the_store(synthetic_store):
+    _, rep = synthetic_store
+    rows = {(c.label, c.norm_b): c for c in rep["per_label"]}
+    assert set(rows) == {(lab, n) for lab in LABELS for n in ("group", "batch")}
+    for lab in LABELS:
+        c = rows[(lab, "group")]
+        d = np.array([np.mean([_dice("instance", s, i, lab) - _dice("group", s, i, lab) for s in (0, 1)])
+                      for i in range(len(CASES))])
+        assert (c.norm_a, c.batch_size, c.cases) == ("instance", 2, len(CASES))
+        assert c.mean_difference == pytest.approx(d.mean(), abs=1e-12)
+        assert c.p_value == pytest.approx(stats.wilcoxon(d).pvalue, rel=1e-12)
+    assert multipletests([c.p_value for c in rep["per_label"]], method="holm")[1] == pytest.approx(
+        [c.p_holm for c in rep["per_label"]], rel=1e-12)
+    csv_rows = (rep["folder"] / "per_label.csv").read_text().splitlines()
+    assert len(csv_rows) == 1 + 4 and "label" in csv_rows[0].split(",")
+    assert "label" not in (rep["folder"] / "pairwise.csv").read_text().splitlines()[0].split(",")
+    assert "## Per label (secondary)" in (rep["folder"] / "summary.md").read_text()

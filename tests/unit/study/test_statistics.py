@@ -108,3 +108,28 @@ def test_the_interaction_table_is_the_difference_in_differences_against_the_refe
     assert one.verdict == "batch size 4 better"  # batch norm does worse against instance norm at batch 1
     assert rows[2].mean_difference == pytest.approx(0, abs=1e-12)
     assert interaction_table(_cells(), ["instance", "batch"], "group") == []
+
+
+def test_the_label_table_compares_the_reference_with_each_norm_on_each_label_alone():
+    from scipy import stats
+
+    from medseg.study.statistics import holm, label_table
+    # label "bone": batch norm loses 0.02 + 0.001 i at batch 1; label "soft": no difference anywhere
+    dice = {label: {(n, b): {s: {c: 0.7 + 0.01 * i + 0.01 * s - (0.02 + 0.001 * i if (label, n, b) == ("bone", "batch", 1)
+                                                                  else 0.0)
+                                 for i, c in enumerate(CASES12)} for s in (0, 1)}
+                    for n in ("instance", "batch") for b in (1, 4)} for label in ("soft", "bone")}
+    table = label_table(dice, ["instance", "batch"], "instance")
+    assert [(c.label, c.batch_size, c.norm_a, c.norm_b) for c in table] == [
+        ("bone", 1, "instance", "batch"), ("bone", 4, "instance", "batch"),
+        ("soft", 1, "instance", "batch"), ("soft", 4, "instance", "batch")]
+    bone1 = table[0]
+    d = np.array([0.02 + 0.001 * int(c[1:]) for c in sorted(CASES12)])
+    assert bone1.mean_difference == pytest.approx(d.mean(), abs=1e-12)
+    assert bone1.p_value == pytest.approx(stats.wilcoxon(d).pvalue, rel=1e-9)
+    # one Holm family over the whole table, every label (the three zero rows have p = 1)
+    assert [c.p_holm for c in table] == pytest.approx(holm([c.p_value for c in table]))
+    assert bone1.p_holm == pytest.approx(min(1.0, 4 * bone1.p_value), rel=1e-9)
+    assert bone1.verdict == "instance better" and all(c.tie for c in table[1:])
+    assert "label" in bone1.to_dict() and bone1.to_dict()["label"] == "bone"
+    assert label_table(dice, ["instance", "batch"], "group") == []
