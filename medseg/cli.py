@@ -371,23 +371,48 @@ def _which_norm_table(report: dict) -> Table:
     return table
 
 
+def _holds_table(result: dict) -> Table:
+    """Whether each ranking of two norms holds in every sweep of a robustness report."""
+    table = Table(title="does the ranking hold in every sweep? (A - B keeps its sign)")
+    for col in ("batch size", "A", "B", "ranking"):
+        table.add_column(col)
+    for h in result["holds"]:
+        table.add_row(str(h["batch_size"]), h["norm_a"], h["norm_b"], h["holds"])
+    return table
+
+
 @app.command()
 def report(
     experiment: str = typer.Option(..., "--experiment", "-e", help="MLflow experiment of the sweep."),
-    sweep_id: str | None = typer.Option(None, "--sweep", help="Sweep id (default: the newest sweep)."),
-    output: Path | None = typer.Option(None, "--output", "-o", help="Report folder (default: reports/<sweep id>)."),
+    sweep_ids: list[str] | None = typer.Option(None, "--sweep", help="Sweep id (default: the newest sweep). "
+                                               "Repeat it (--sweep A --sweep B ...) for a robustness report: does "
+                                               "the ranking of norms hold in every sweep, on the cells and seeds they "
+                                               "all have (for example a learning-rate check)."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Report folder (default: reports/<sweep id>, "
+                                       "or reports/<A>+<B>... for several sweeps)."),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI."),
-    no_log: bool = typer.Option(False, "--no-log", help="Do not log the report to the parent run."),
+    no_log: bool = typer.Option(False, "--no-log", help="Do not log the report to the parent run (a robustness "
+                                "report of several sweeps is never logged)."),
     plateau_delta: float = typer.Option(PLATEAU_DELTA, "--plateau-delta", min=0.0, help="A child whose last "
                                         "validation improved mean Dice by more than this is reported not converged."),
     negligible: float = typer.Option(NEGLIGIBLE, "--negligible", min=0.0, help="A paired difference in mean Dice "
                                      "whose whole 95 % CI lies within +-this is called no practical difference."),
 ):
-    """Build a sweep's report (CSV, Markdown, PNG plots, paired statistics) from the MLflow store alone."""
+    """Build a sweep's report (CSV, Markdown, PNG plots, paired statistics) from the MLflow store alone,
+    or, with several --sweep, whether their rankings of norms agree."""
     from medseg.study.report import build_report, find_sweep
     from medseg.tracking import Tracker, existing_store
 
     uri = existing_store(tracking_uri)
+    sweep_ids = list(dict.fromkeys(sweep_ids or []))  # repeated ids count once
+    if len(sweep_ids) > 1:
+        from medseg.study.robustness import build_robustness_report
+        output = output or Path("reports") / "+".join(sweep_ids)
+        result = build_robustness_report(uri, experiment, sweep_ids, output, plateau_delta, negligible)
+        out.print(_holds_table(result))
+        out.print(f"report: {output / 'robustness.md'}")
+        return
+    sweep_id = sweep_ids[0] if sweep_ids else None
     if output is None:
         _, parent = find_sweep(Tracker.client_for(uri), experiment, sweep_id)
         output = Path("reports") / parent.data.tags[SWEEP_ID_TAG]

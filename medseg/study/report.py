@@ -206,7 +206,8 @@ def mean_std(s: dict, key: str, fmt: str) -> str:
     return format(m, fmt) + (f" ± {format(sd, fmt.lstrip('+'))}" if math.isfinite(sd) else "")
 
 
-def _ci(m: float, lo: float, hi: float, fmt: str = ".3f") -> str:
+def format_ci(m: float, lo: float, hi: float, fmt: str = ".3f") -> str:
+    """``"0.846 [0.833, 0.858]"`` (``"-"`` when the mean is not finite)."""
     return "-" if not math.isfinite(m) else f"{format(m, fmt)} [{format(lo, fmt)}, {format(hi, fmt)}]"
 
 
@@ -224,7 +225,7 @@ def markdown_table(summary: list[dict]) -> str:
     for s in summary:
         cells = [s["norm"], str(s["batch_size"]), str(s["seeds"]), f"{s['converged']}/{s['seeds']}",
                  mean_std(s, "last_third_gain", "+.3f"), str(s["iterations"]), f"{s['lr']:.3g}",
-                 _ci(s["case_dice_mean"], s["case_dice_ci_low"],
+                 format_ci(s["case_dice_mean"], s["case_dice_ci_low"],
                                                             s["case_dice_ci_high"]),
                  mean_std(s, "final_dice_mean", ".3f")] + [mean_std(s, c, ".3f") for c in classes] + [
                  mean_std(s, "best_dice_mean", ".3f"), mean_std(s, "hd95_mean", ".2f"),
@@ -238,7 +239,7 @@ def markdown_table(summary: list[dict]) -> str:
 def _comparison_cells(c: Comparison) -> list[str]:
     """The statistics columns of a comparison table row (see _COMPARISON_HEAD)."""
     seeds = " / ".join(f"{v:+.3f}" for v in c.per_seed) if len(c.per_seed) > 1 else "-"
-    return [str(c.seeds), str(c.cases), _ci(c.mean_difference, c.ci_low, c.ci_high, "+.3f"), seeds,
+    return [str(c.seeds), str(c.cases), format_ci(c.mean_difference, c.ci_low, c.ci_high, "+.3f"), seeds,
             _p(c.p_value), _p(c.p_holm), c.verdict]
 
 

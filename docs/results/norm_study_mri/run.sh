@@ -21,3 +21,6 @@ for lr in 0.0003 0.003; do
   medseg sweep "${common[@]}" --norms instance,batch --batch-sizes 1,4 --seeds 1 --set train.lr=$lr \
     --sweep-id mri_v2_lr$lr --report-dir docs/results/norm_study_mri/report_lr$lr
 done
+# does the ranking of instance and batch norm hold at x0.3, x1 and x3 (seed 0, the cells all three share)?
+medseg report --experiment medseg-norm-study --tracking-uri "$STORE" --sweep mri_v2_lr0.0003 --sweep mri_v2_main \
+  --sweep mri_v2_lr0.003 --output docs/results/norm_study_mri/report_lr_check

@@ -1,0 +1,99 @@
+"""medseg.study.robustness: whether a ranking of norms holds across sweeps, from a store written with
+known per-case Dice (two sweeps sharing some cells and one seed)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+from statsmodels.stats.multitest import multipletests
+
+from medseg.errors import MedsegError
+from medseg.keys import FINAL_DICE_MEAN
+from medseg.study.robustness import CHANGES, HOLDS_STRICT, build_robustness_report
+from medseg.tracking import Tracker
+from medseg.training.validation import case_dice_key
+from tests.conftest import fresh_store
+
+CASES = [f"case_{i:02d}" for i in range(10)]
+
+
+def _dice(sweep: str, norm: str, bs: int, seed: int, i: int) -> float:
+    """Batch norm loses 0.02 + 0.002 i at batch 1 in both sweeps; at batch 4 it wins by 0.01 in
+    sweep "b" and loses by 0.005 + 0.001 i in sweep "a" (the ranking changes)."""
+    base = 0.80 + 0.01 * i + 0.01 * seed + (0.02 if sweep == "b" else 0.0)
+    if norm != "batch":
+        return base
+    if bs == 1:
+        return base - 0.02 - 0.002 * i
+    return base + 0.01 if sweep == "b" else base - 0.005 - 0.001 * i
+
+
+def _write_sweep(uri: str, sweep: str, cells: list[tuple[str, int, int]]) -> None:
+    parent = Tracker(uri, "robust-test", f"sweep_{sweep}", {"medseg.sweep_id": sweep, "medseg.role": "parent"})
+    for norm, bs, seed in cells:
+        child = Tracker(uri, "robust-test", f"{norm}_bs{bs}_seed{seed}", {
+            "medseg.sweep_id": sweep, "medseg.role": "child", "norm": norm, "mlflow.parentRunId": parent.run_id})
+        child.log_params({"model.norm": norm, "train.batch_size": bs, "train.iterations_per_epoch": 10,
+                          "train.epochs": 2, "seed": seed, "train.lr": 0.001 if sweep == "a" else 0.003})
+        cases = {case_dice_key(c, "L"): _dice(sweep, norm, bs, seed, i) for i, c in enumerate(CASES)}
+        final = float(np.mean(list(cases.values())))
+        for step, v in enumerate([final - 0.2, final]):
+            child.log_metrics({"val_dice_mean": v}, step=step)
+        child.log_metrics({**cases, FINAL_DICE_MEAN: final}, step=1)
+        child.end()
+    parent.end()
+
+
+@pytest.fixture(scope="module")
+def two_sweeps(tmp_path_factory):
+    """Sweep "a": instance and batch norm at batch 1 and 4, seeds 0 and 1; sweep "b": the same at
+    seed 0 only, plus group norm at batch 1 (not in "a"); sweep "c": batch 1, seed 1 only."""
+    uri = fresh_store(tmp_path_factory.mktemp("robust") / "store.db")
+    _write_sweep(uri, "a", [(n, b, s) for n in ("instance", "batch") for b in (1, 4) for s in (0, 1)])
+    _write_sweep(uri, "b", [(n, b, 0) for n in ("instance", "batch") for b in (1, 4)] + [("group", 1, 0)])
+    _write_sweep(uri, "c", [(n, 1, 1) for n in ("instance", "batch")])
+    return uri
+
+
+def test_the_rankings_are_compared_on_the_shared_cells_and_seed_with_one_holm_family(two_sweeps, tmp_path):
+    rep = build_robustness_report(two_sweeps, "robust-test", ["a", "b"], tmp_path)
+    assert rep["seeds"] == [0]  # seed 1 is only in "a"
+    keys = [(s, c.batch_size, c.norm_a, c.norm_b) for s, c in rep["comparisons"]]
+    assert keys == [("a", 1, "instance", "batch"), ("a", 4, "instance", "batch"),
+                    ("b", 1, "instance", "batch"), ("b", 4, "instance", "batch")]  # group: not in "a"
+    for s, c in rep["comparisons"]:
+        d = np.array([_dice(s, "instance", c.batch_size, 0, i) - _dice(s, "batch", c.batch_size, 0, i)
+                      for i in range(len(CASES))])
+        assert c.mean_difference == pytest.approx(d.mean(), abs=1e-12) and c.seeds == 1
+        if np.ptp(d) > 0:
+            assert c.p_value == pytest.approx(stats.wilcoxon(d).pvalue, rel=1e-12)
+    ps = [c.p_value for _, c in rep["comparisons"]]
+    assert [c.p_holm for _, c in rep["comparisons"]] == pytest.approx(multipletests(ps, method="holm")[1], rel=1e-12)
+    holds = {h["batch_size"]: h["holds"] for h in rep["holds"]}
+    assert holds == {1: HOLDS_STRICT, 4: CHANGES}
+    md = (tmp_path / "robustness.md").read_text()
+    assert "| 4 | instance | batch |" in md and CHANGES in md
+    cells = {(c["sweep"], c["norm"], c["batch_size"]): c for c in rep["cells"]}
+    assert cells[("b", "batch", 1)]["lr"] == pytest.approx(0.003) and cells[("a", "instance", 4)]["seeds"] == 1
+    assert len((tmp_path / "robustness.csv").read_text().splitlines()) == 1 + 4
+
+
+def test_a_robustness_report_needs_two_sweeps_that_share_a_seed(two_sweeps, tmp_path):
+    with pytest.raises(MedsegError, match="two or more"):
+        build_robustness_report(two_sweeps, "robust-test", ["a", "a"], tmp_path)
+    with pytest.raises(MedsegError, match="no sweep zz"):
+        build_robustness_report(two_sweeps, "robust-test", ["a", "zz"], tmp_path)
+    with pytest.raises(MedsegError, match="share no seed"):
+        build_robustness_report(two_sweeps, "robust-test", ["b", "c"], tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing written on an error
+
+
+def test_medseg_report_with_several_sweeps_prints_whether_each_ranking_holds(two_sweeps, tmp_path):
+    from typer.testing import CliRunner
+
+    from medseg.cli import app
+    result = CliRunner().invoke(app, ["report", "-e", "robust-test", "--tracking-uri", two_sweeps, "--sweep", "a",
+                                      "--sweep", "b", "--output", str(tmp_path)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "does the ranking hold" in result.output and CHANGES in result.output
+    assert (tmp_path / "robustness.md").is_file()
