@@ -378,10 +378,14 @@ def _which_norm_table(report: dict) -> Table:
                         "worse": "worse"}, report["which_norm"])
 
 
-def _holds_table(result: dict) -> Table:
-    """Whether each ranking of two norms holds in every sweep of a robustness report."""
-    return _text_table("does the ranking hold in every sweep? (A - B keeps its sign)",
-                       {"batch size": "batch_size", "A": "norm_a", "B": "norm_b", "ranking": "holds"}, result["holds"])
+def _holds_lines(result: dict) -> list[str]:
+    """Whether each ranking of two norms holds in every sweep of a robustness report, one line each."""
+    lines = []
+    for h in result["holds"]:
+        diffs = ", ".join(f"{v:+.3f}" for k, v in h.items() if k.endswith(": A - B"))
+        ahead = f"{h['ahead']} ahead; " if h["ahead"] != "-" else ""
+        lines.append(f"batch {h['batch_size']}, {h['norm_a']} - {h['norm_b']}: {h['ranking']} ({ahead}{diffs})")
+    return lines
 
 
 @app.command()
@@ -407,12 +411,16 @@ def report(
     from medseg.tracking import Tracker, existing_store
 
     uri = existing_store(tracking_uri)
-    sweep_ids = list(dict.fromkeys(sweep_ids or []))  # repeated ids count once
+    sweep_ids = sweep_ids or []
+    if any(not s.strip() for s in sweep_ids):
+        raise MedsegError("empty sweep id", "--sweep")
     if len(sweep_ids) > 1:
         from medseg.study.robustness import build_robustness_report
         output = output or Path("reports") / "+".join(sweep_ids)
         result = build_robustness_report(uri, experiment, sweep_ids, output, plateau_delta, negligible)
-        out.print(_holds_table(result))
+        out.print("does the ranking hold in every sweep? (CIs and Holm p: robustness.md)")
+        for line in _holds_lines(result):
+            out.print(f"  {line}", highlight=False, soft_wrap=True)
         out.print(f"report: {output / 'robustness.md'}")
         return
     sweep_id = sweep_ids[0] if sweep_ids else None

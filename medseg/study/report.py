@@ -69,8 +69,10 @@ def find_sweep(client, experiment: str, sweep_id: str | None = None):
     """The experiment id and the sweep's parent run (the newest sweep when ``sweep_id`` is None).
 
     Raises:
-        MedsegError: no such experiment, or no sweep (with that id) in it.
+        MedsegError: no such experiment, no sweep (with that id) in it, or an id with a quote.
     """
+    if sweep_id and ("'" in sweep_id or '"' in sweep_id):
+        raise MedsegError("a sweep id has no quotes", sweep_id)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise MedsegError("no such MLflow experiment", experiment)
