@@ -49,7 +49,7 @@ from medseg.keys import (
     VAL_DICE_MEAN,
 )
 from medseg.norm_registry import NORMS
-from medseg.study.rules import NEGLIGIBLE, PLATEAU_DELTA
+from medseg.study.rules import NEGLIGIBLE, PLATEAU_DELTA, UNLEARNED_LABEL_DICE
 from medseg.study.statistics import (ALPHA, Comparison, batch_size_table, case_dice, cell_case_means,
                                      interaction_table, label_table, mean_ci, pairwise_table)
 from medseg.tracking import Tracker
@@ -111,6 +111,13 @@ def last_third_gain(curve: list[tuple[int, float]]) -> float:
     return curve[-1][1] - curve[-1 - math.ceil(len(curve) / 3)][1]
 
 
+def unlearned_labels(cases: dict[tuple[str, str], float], below: float = UNLEARNED_LABEL_DICE) -> list[str]:
+    """The labels whose final-model Dice, averaged over the validation cases, is below ``below``
+    (sorted): a label the run did not learn."""
+    labels = sorted({lab for _, lab in cases})
+    return [lab for lab in labels if np.mean([d for (_, x), d in cases.items() if x == lab]) < below]
+
+
 def collect_runs(client, experiment_id: str, sweep_id: str, plateau_delta: float = PLATEAU_DELTA) -> list[dict]:
     """One row per finished child run of the sweep (superseded restarts left out), with its
     learning curve under ``curve`` ([(training patches seen, validation mean Dice)]) and its
@@ -146,6 +153,7 @@ def collect_runs(client, experiment_id: str, sweep_id: str, plateau_delta: float
                "cases": cases, "curve": curve}
         for label in sorted({lab for _, lab in cases}):
             row[f"final_dice_{label}"] = float(np.mean([d for (_, lab), d in cases.items() if lab == label]))
+        row["unlearned_labels"] = " ".join(unlearned_labels(cases))
         rows.append(row)
     order = {n: i for i, n in enumerate(NORM_ORDER)}
     return sorted(rows, key=lambda x: (x["batch_size"], order.get(x["norm"], 99), x["seed"]))
@@ -559,6 +567,14 @@ def _report_markdown(sweep_id: str, experiment: str, parent, rows: list[dict], s
               f"**Warning: {len(rows) - converged} of {len(rows)} children did not converge** (their last "
               f"validation improved mean Dice by more than {plateau_delta:g}): their final Dice understates what "
               "the norm reaches, and comparisons involving them are not at the plateau.")
+    unlearned = [r for r in rows if r["unlearned_labels"]]
+    if unlearned:
+        status += (f" **Warning: {len(unlearned)} {'child' if len(unlearned) == 1 else 'children'} did not learn "
+                   "a label** (final Dice below "
+                   f"{UNLEARNED_LABEL_DICE:g} over the validation cases): "
+                   + ", ".join(f"{r['norm']}_bs{r['batch_size']}_seed{r['seed']} ({r['unlearned_labels']})"
+                               for r in unlearned) + ". Their mean Dice measures a failed run; the plateau rule "
+                   "does not see it.")
     text = (f"# Normalizer x batch-size sweep `{sweep_id}`\n\n{status} {_completeness(p, rows)}\n\n"
             f"Experiment `{experiment}`, parent run `{parent.info.run_id}`. "
             f"Budget rule: {p.get('sweep.rule', '?')}.\n\n"

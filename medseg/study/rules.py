@@ -24,3 +24,8 @@ NEGLIGIBLE = 0.01
 """A paired difference in mean Dice whose whole 95 % CI lies within +-this is negligible
 (``medseg report --negligible``): the report then says "no practical difference" rather than
 "cannot tell" for a CI that contains 0."""
+
+UNLEARNED_LABEL_DICE = 0.1
+"""A child whose final model has a mean Dice below this on some label (over the validation cases)
+is flagged in the report as having a label it did not learn: the plateau rule cannot see that, and
+the child's mean Dice then measures a failed run, not the norm."""

@@ -227,3 +227,14 @@ def test_the_per_label_table_reads_each_labels_dice_from_the_store(synthetic_sto
     assert len(csv_rows) == 1 + 4 and "label" in csv_rows[0].split(",")
     assert "label" not in (rep["folder"] / "pairwise.csv").read_text().splitlines()[0].split(",")
     assert "## Per label (secondary)" in (rep["folder"] / "summary.md").read_text()
+
+
+def test_a_child_that_did_not_learn_a_label_is_flagged(synthetic_store):
+    from medseg.study.report import unlearned_labels
+    cases = {(c, lab): (0.02 if lab == "A" and c != "c0" else 0.8) for c in ("c0", "c1", "c2") for lab in ("A", "B")}
+    assert unlearned_labels(cases) == []  # A: mean (0.8 + 0.02 + 0.02) / 3 = 0.28
+    assert unlearned_labels(cases, below=0.3) == ["A"]
+    assert unlearned_labels({(c, lab): 0.0 for c in ("c0", "c1") for lab in ("B", "A")}) == ["A", "B"]
+    _, rep = synthetic_store
+    assert all(r["unlearned_labels"] == "" for r in rep["rows"])
+    assert "did not learn a label" not in (rep["folder"] / "summary.md").read_text()
