@@ -159,7 +159,8 @@ def _left_out(other_seeds: list[dict], cells: list[tuple[str, int]]) -> str:
     parts = []
     if other_seeds:
         seeds = sorted({r["seed"] for r in other_seeds})
-        parts.append(f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} ({len(other_seeds)} children)")
+        children = f"{len(other_seeds)} child" + ("ren" if len(other_seeds) > 1 else "")
+        parts.append(f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} ({children})")
     if cells:
         by_norm = {n: [str(b) for m, b in cells if m == n] for n in NORMS if any(m == n for m, _ in cells)}
         parts.append(f"{len(cells)} cell{'s' if len(cells) > 1 else ''}: "

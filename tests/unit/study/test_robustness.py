@@ -50,12 +50,14 @@ def _write_sweep(uri: str, sweep: str, cells: list[tuple[str, int, int]]) -> Non
 
 @pytest.fixture(scope="module")
 def two_sweeps(tmp_path_factory):
-    """Sweep "a": instance and batch norm at batch 1 and 4, seeds 0 and 1; sweep "b": the same at
-    seed 0 only, plus group norm at batch 1 (not in "a"); sweep "c": batch 1, seed 1 only."""
+    """Sweeps "a" and "b": instance and batch norm at batch 1 and 4, seed 0; "a" also has instance
+    norm at batch 1 with seed 1, "b" group norm at batch 1 (neither shared); sweep "c": instance
+    norm at batch 1, seed 1 only."""
     uri = fresh_store(tmp_path_factory.mktemp("robust") / "store.db")
-    _write_sweep(uri, "a", [(n, b, s) for n in ("instance", "batch") for b in (1, 4) for s in (0, 1)])
-    _write_sweep(uri, "b", [(n, b, 0) for n in ("instance", "batch") for b in (1, 4)] + [("group", 1, 0)])
-    _write_sweep(uri, "c", [(n, 1, 1) for n in ("instance", "batch")])
+    shared = [(n, b, 0) for n in ("instance", "batch") for b in (1, 4)]
+    _write_sweep(uri, "a", shared + [("instance", 1, 1)])
+    _write_sweep(uri, "b", shared + [("group", 1, 0)])
+    _write_sweep(uri, "c", [("instance", 1, 1)])
     return uri
 
 
@@ -78,7 +80,7 @@ def test_the_rankings_are_compared_on_the_shared_cells_and_seed_with_one_holm_fa
     assert holds == {1: (HOLDS_STRICT, "instance"), 4: (REVERSES, "-")}
     notes = rep["notes"]
     assert notes["differ"] == {"base.train.lr": ["0.001", "0.003"]} and not notes["validation_differs"]
-    assert notes["left_out"] == {"a": "seed 1 (4 children)", "b": "1 cell: group at batch 1"}
+    assert notes["left_out"] == {"a": "seed 1 (1 child)", "b": "1 cell: group at batch 1"}
     md = (tmp_path / "robustness.md").read_text()
     assert "| 4 | instance | batch |" in md and REVERSES in md and "`base.train.lr` (0.001, 0.003)" in md
     assert len((tmp_path / "robustness_holds.csv").read_text().splitlines()) == 1 + 2
