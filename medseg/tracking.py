@@ -271,10 +271,12 @@ class Tracker:
                                              tracking_uri=self.uri)
         self._monitor.start()
 
-    def log_model(self, model_dir: str | Path, in_channels: int) -> str:
+    def log_model(self, model_dir: str | Path, in_channels: int,
+                  intensity_range: tuple[float, float] | None = None) -> str:
         """Log a model directory as this run's MLflow Model (pyfunc flavor, "models from code"; see
         :mod:`medseg.inference.pyfunc`) named ``medseg_model``, with its signature, an input example
-        and pinned requirements. The input example is checked by MLflow, which loads the model and
+        and pinned requirements. The input example (its values spanning ``intensity_range``, a CT
+        plan's clipping window, when given) is checked by MLflow, which loads the model and
         predicts it once (a few seconds).
 
         Returns:
@@ -290,7 +292,8 @@ class Tracker:
             info = mlflow.models.Model.log(
                 None, mlflow.pyfunc, name=pyfunc.LOGGED_MODEL_NAME, run_id=self.run_id, model_id=logged.model_id,
                 python_model=str(pyfunc.CODE_FILE), artifacts={pyfunc.MODEL_DIR_ARTIFACT: str(model_dir)},
-                signature=pyfunc.signature(in_channels), input_example=pyfunc.input_example(in_channels),
+                signature=pyfunc.signature(in_channels),
+                input_example=pyfunc.input_example(in_channels, intensity_range=intensity_range),
                 pip_requirements=model_requirements())
         return info.model_uri
 

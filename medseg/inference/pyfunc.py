@@ -54,13 +54,25 @@ def volume_input(image: np.ndarray | str | Path, affine: np.ndarray | None = Non
     return {IMAGE: np.ascontiguousarray(image, dtype=np.float32), AFFINE: np.asarray(affine, dtype=np.float64)}
 
 
-def input_example(in_channels: int, size: int = 16) -> dict[str, np.ndarray]:
+def input_example(in_channels: int, size: int = 16,
+                  intensity_range: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
     """A small input (``size``^3 voxels of 1 mm: a bright cube on a smooth ramp, so that no
-    normalization makes it constant) for the logged model's input example."""
+    normalization makes it constant) for the logged model's input example.
+
+    Args:
+        in_channels: channels of the image (the last axis when more than 1).
+        size: edge length in voxels.
+        intensity_range: ``(low, high)`` the image's values span, in the scanner's units: a CT plan's
+            clipping window (``Plan.ct_clip``), so that clipping does not make the example constant;
+            ``None``: 0.125 to 3.375 (arbitrary units, z-scored per image for MRI).
+    """
     ramp = np.linspace(0.5, 1.5, size, dtype=np.float32)
     image = ramp[:, None, None] * ramp[None, :, None] * ramp[None, None, :]
     q = size // 4
     image[q:-q, q:-q, q:-q] += 2.0
+    if intensity_range is not None:
+        low, high = intensity_range
+        image = low + (high - low) * (image - image.min()) / (image.max() - image.min())
     if in_channels > 1:
         image = np.repeat(image[..., None], in_channels, axis=-1)
     return {IMAGE: np.ascontiguousarray(image, dtype=np.float32), AFFINE: np.eye(4)}

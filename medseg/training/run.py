@@ -611,7 +611,7 @@ def _write_outputs(ctx: RunContext, network: torch.nn.Module, final: dict, summa
     t = cfg.tracking
     if not t.log_model:
         return None, None
-    model_uri = tracker.log_model(run_dir / "model", plan.in_channels)
+    model_uri = tracker.log_model(run_dir / "model", plan.in_channels, intensity_range=plan.ct_clip)
     ctx.log(f"MLflow Model {model_uri} (also runs:/{tracker.run_id}/{LOGGED_MODEL_NAME})")
     version = tracker.register_model(model_uri, t.register_model, t.register_alias) if t.register_model else None
     return model_uri, version
