@@ -468,7 +468,7 @@ def build_report(tracking_uri: str, experiment: str, folder: Path, sweep_id: str
     other norm on each label's Dice), ``summary.md`` (convergence, which norm at which
     batch size, the paired comparisons, the summary and batch-dependence tables) and the PNG
     plots; logs them to the parent run under ``report/``, the tables also as MLflow tables
-    (``report/*.json``, shown as tables in MLflow's artifact view).
+    (``report/<name>_table.json``, shown as tables in MLflow's artifact view).
 
     Returns:
         ``{"sweep_id", "parent_run_id", "rows", "summary", "pairwise", "batch_size_effect", "interaction",
