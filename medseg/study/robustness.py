@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
+
 from medseg.atomic import atomic_write_text, write_csv
 from medseg.errors import MedsegError
 from medseg.norm_registry import NORMS
@@ -75,7 +77,7 @@ def build_robustness_report(tracking_uri: str, experiment: str, sweep_ids: list[
     """Compare the norms within each sweep on what all the sweeps share, and say whether each ranking holds.
 
     Writes ``robustness.md`` (what the sweeps differ in and what was left out, the cells' final Dice,
-    whether each ranking holds, the comparisons per sweep), ``robustness.csv`` (one row per
+    whether each ranking holds, the comparisons per sweep), ``robustness.png`` (:func:`plot_robustness`), ``robustness.csv`` (one row per
     comparison, with its ``sweep``), ``robustness_holds.csv`` (one row per pair of norms and batch
     size: :func:`ranking_holds` and each sweep's difference) and ``robustness_cells.csv`` (final mean
     Dice with its 95 % CI over cases, learning rate and convergence per sweep and cell).
@@ -148,10 +150,36 @@ def build_robustness_report(tracking_uri: str, experiment: str, sweep_ids: list[
     write_csv([{"sweep": s, **c.to_dict()} for s, c in comparisons], folder / "robustness.csv")
     write_csv(cell_rows, folder / "robustness_cells.csv")
     write_csv(holds, folder / "robustness_holds.csv")
+    plot_robustness(comparisons, sweep_ids, folder / "robustness.png")
     atomic_write_text(folder / "robustness.md",
                       _markdown(experiment, sweep_ids, seeds, cell_rows, comparisons, holds, notes, plateau_delta))
     return {"seeds": seeds, "cells": cell_rows, "comparisons": comparisons, "holds": holds, "notes": notes,
             "folder": folder}
+
+
+def plot_robustness(comparisons: list[tuple[str, Comparison]], sweep_ids: list[str], path: Path) -> Path:
+    """A forest plot: per pair of norms and batch size (one row each), every sweep's mean paired
+    difference A - B in final mean Dice with its 95 % CI, beside a line at 0. Returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(dict.fromkeys((c.batch_size, c.norm_a, c.norm_b) for _, c in comparisons))
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.5 * len(keys) * max(1, len(sweep_ids) / 3)))
+    for j, sweep in enumerate(sweep_ids):
+        cs = {(c.batch_size, c.norm_a, c.norm_b): c for s, c in comparisons if s == sweep}
+        rows = [(i, cs[k]) for i, k in enumerate(keys) if k in cs and math.isfinite(cs[k].mean_difference)]
+        y = np.array([i for i, _ in rows]) + (j - (len(sweep_ids) - 1) / 2) * 0.8 / len(sweep_ids)
+        x = np.array([c.mean_difference for _, c in rows])
+        err = np.array([[c.mean_difference - c.ci_low, c.ci_high - c.mean_difference] for _, c in rows]).reshape(-1, 2)
+        ax.errorbar(x, y, xerr=err.T if len(rows) else None, fmt="o", capsize=3, label=sweep, color=f"C{j}")
+    ax.axvline(0, color="k", lw=1)
+    ax.set_yticks(range(len(keys)), [f"batch {b}: {a} - {nb}" for b, a, nb in keys]), ax.invert_yaxis()
+    ax.set_xlabel("final mean Dice A - B (paired, 95 % CI)"), ax.grid(alpha=0.3, axis="x")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0)), ax.set_title("Does the ranking hold in every sweep?")
+    fig.tight_layout(), fig.savefig(path, dpi=110), plt.close(fig)
+    return path
 
 
 def _left_out(other_seeds: list[dict], cells: list[tuple[str, int]]) -> str:
@@ -203,7 +231,7 @@ def _markdown(experiment: str, sweep_ids: list[str], seeds: list[int], cells: li
     lines += [f"| {c['sweep']} | {c['norm']} | {c['batch_size']} | {c['lr']:.3g} | "
               f"{format_ci(c['case_dice_mean'], c['case_dice_ci_low'], c['case_dice_ci_high'])} | "
               f"{c['converged']} of {c['seeds']} |" for c in cells]
-    lines += ["", "## Does the ranking hold?", "",
+    lines += ["", "## Does the ranking hold?", "", "![A - B per sweep](robustness.png)", "",
               "| batch size | A | B | A - B [95 % CI] per sweep | ahead | ranking |", "|---|---|---|---|---|---|"]
     for h in holds:
         key = (h["batch_size"], h["norm_a"], h["norm_b"])

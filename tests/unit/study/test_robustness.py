@@ -84,6 +84,7 @@ def test_the_rankings_are_compared_on_the_shared_cells_and_seed_with_one_holm_fa
     md = (tmp_path / "robustness.md").read_text()
     assert "| 4 | instance | batch |" in md and REVERSES in md and "`base.train.lr` (0.001, 0.003)" in md
     assert len((tmp_path / "robustness_holds.csv").read_text().splitlines()) == 1 + 2
+    assert (tmp_path / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     cells = {(c["sweep"], c["norm"], c["batch_size"]): c for c in rep["cells"]}
     assert cells[("b", "batch", 1)]["lr"] == pytest.approx(0.003 / 2 ** 0.5) and cells[("a", "instance", 4)]["seeds"] == 1
     assert len((tmp_path / "robustness.csv").read_text().splitlines()) == 1 + 4
