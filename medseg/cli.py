@@ -361,21 +361,14 @@ def _summary_table(report: dict) -> Table:
     return table
 
 
-def _text_table(title: str, columns: dict[str, str], rows: list[dict]) -> Table:
-    """A table of ``rows`` with the given title; ``columns``: header -> row key (values shown as text)."""
-    table = Table(title=title)
-    for col in columns:
-        table.add_column(col)
-    for r in rows:
-        table.add_row(*(str(r[k]) for k in columns.values()))
-    return table
-
-
 def _which_norm_table(report: dict) -> Table:
     """The report's answer: per batch size, the norm with the highest final Dice and the ones tied with it."""
-    return _text_table("which norm at which batch size (tie: the paired 95 % CI contains 0; * see summary.md)",
-                       {"batch size": "batch_size", "highest final Dice": "best", "tied with it": "tied_with_best",
-                        "worse": "worse"}, report["which_norm"])
+    table = Table(title="which norm at which batch size (tie: the paired 95 % CI contains 0; * see summary.md)")
+    for col in ("batch size", "highest final Dice", "tied with it", "worse"):
+        table.add_column(col)
+    for r in report["which_norm"]:
+        table.add_row(str(r["batch_size"]), r["best"], r["tied_with_best"], r["worse"])
+    return table
 
 
 def _holds_lines(result: dict) -> list[str]:

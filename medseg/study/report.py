@@ -114,8 +114,15 @@ def last_third_gain(curve: list[tuple[int, float]]) -> float:
 def unlearned_labels(cases: dict[tuple[str, str], float], below: float = UNLEARNED_LABEL_DICE) -> list[str]:
     """The labels whose final-model Dice, averaged over the validation cases, is below ``below``
     (sorted): a label the run did not learn."""
-    labels = sorted({lab for _, lab in cases})
-    return [lab for lab in labels if np.mean([d for (_, x), d in cases.items() if x == lab]) < below]
+    return [lab for lab, m in label_means(cases).items() if m < below]
+
+
+def label_means(cases: dict[tuple[str, str], float]) -> dict[str, float]:
+    """``{label: final-model Dice averaged over the validation cases}``, labels sorted."""
+    by_label: dict[str, list[float]] = defaultdict(list)
+    for (_, label), d in cases.items():
+        by_label[label].append(d)
+    return {label: float(np.mean(by_label[label])) for label in sorted(by_label)}
 
 
 def collect_runs(client, experiment_id: str, sweep_id: str, plateau_delta: float = PLATEAU_DELTA) -> list[dict]:
@@ -151,9 +158,9 @@ def collect_runs(client, experiment_id: str, sweep_id: str, plateau_delta: float
                "batch_dependence_train": m.get(BATCH_DEPENDENCE_TRAIN, math.nan),
                "batch_dependence_eval": m.get(BATCH_DEPENDENCE_EVAL, math.nan),
                "cases": cases, "curve": curve}
-        for label in sorted({lab for _, lab in cases}):
-            row[f"final_dice_{label}"] = float(np.mean([d for (_, lab), d in cases.items() if lab == label]))
-        row["unlearned_labels"] = " ".join(unlearned_labels(cases))
+        means = label_means(cases)
+        row.update({f"final_dice_{label}": m for label, m in means.items()})
+        row["unlearned_labels"] = " ".join(lab for lab, m in means.items() if m < UNLEARNED_LABEL_DICE)
         rows.append(row)
     order = {n: i for i, n in enumerate(NORM_ORDER)}
     return sorted(rows, key=lambda x: (x["batch_size"], order.get(x["norm"], 99), x["seed"]))

@@ -28,6 +28,8 @@ from medseg.study.rules import NEGLIGIBLE, PLATEAU_DELTA
 from medseg.study.statistics import Comparison, cell_case_means, holm, mean_ci, pairwise_table
 from medseg.tracking import Tracker
 
+import matplotlib.pyplot as plt  # after medseg.study.report, which selects the Agg backend
+
 HOLDS_STRICT = "holds, every CI excludes 0"
 HOLDS = "holds in sign, some CIs contain 0"
 HOLDS_NO_DIFFERENCE = "same sign, every CI contains 0"
@@ -160,11 +162,6 @@ def build_robustness_report(tracking_uri: str, experiment: str, sweep_ids: list[
 def plot_robustness(comparisons: list[tuple[str, Comparison]], sweep_ids: list[str], path: Path) -> Path:
     """A forest plot: per pair of norms and batch size (one row each), every sweep's mean paired
     difference A - B in final mean Dice with its 95 % CI, beside a line at 0. Returns ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     keys = list(dict.fromkeys((c.batch_size, c.norm_a, c.norm_b) for _, c in comparisons))
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.5 * len(keys) * max(1, len(sweep_ids) / 3)))
     for j, sweep in enumerate(sweep_ids):
