@@ -262,6 +262,22 @@ def _csv(text: str, cast, option: str) -> tuple:
         raise MedsegError(f"expected a comma-separated list, got {text!r}", option) from None
 
 
+def _folder_option(path: Path | None, option: str) -> None:
+    """Refuse an output folder that cannot be one: the path, or a folder above it, is an existing file.
+    Checked before any work, so that a sweep does not fail at its report after hours of training.
+
+    Raises:
+        MedsegError: naming ``option`` and the file in the way.
+    """
+    if path is None:
+        return
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise MedsegError(f"{p} is a file, not a folder (a missing folder is created)", option)
+            return
+
+
 @app.command()
 def sweep(
     config: Path = typer.Option(..., "--config", "-c", help="Base YAML config: fold, patch, augmentation, network "
@@ -304,6 +320,7 @@ def sweep(
     from medseg.config import load_config
     from medseg.study.sweep import Execution, SweepSpec, run_sweep
 
+    _folder_option(report_dir, "--report-dir")
     given = [(k, v) for k, v in (("samples", budget_samples), ("iterations", budget_iterations),
                                  ("minutes", budget_minutes)) if v is not None]
     if len(given) > 1:
@@ -403,6 +420,7 @@ def report(
     from medseg.study.report import build_report, find_sweep
     from medseg.tracking import Tracker, existing_store
 
+    _folder_option(output, "--output")
     uri = existing_store(tracking_uri)
     sweep_ids = sweep_ids or []
     if any(not s.strip() for s in sweep_ids):

@@ -139,6 +139,20 @@ def test_output_dir_that_is_a_file_is_refused_and_no_run_is_left(tmp_path):
         assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
+def test_a_report_folder_that_is_a_file_is_refused_before_any_training(tmp_path):
+    blocker = tmp_path / "report"
+    blocker.write_text("not a folder")
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    proc = medseg("sweep", "--config", ROOT / "configs/demo.yaml", "--data", SAMPLE, "--tracking-uri", uri,
+                  "--set", f"output_dir={tmp_path / 'runs'}", "--norms", "instance", "--batch-sizes", "1",
+                  "--seeds", "1", "--report-dir", blocker / "sub")
+    assert_refused(proc, "--report-dir", str(blocker), "is a file")
+    assert blocker.read_text() == "not a folder"
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "store.db").exists()  # nothing trained or logged
+    proc = medseg("report", "--experiment", "x", "--tracking-uri", uri, "--output", blocker)
+    assert_refused(proc, "--output", str(blocker), "is a file")
+
+
 def _dataset_with(tmp_path, edit) -> Path:
     ds = copy_msd(SAMPLE, tmp_path / "ds", n=3)
     doc = json.loads((ds / "dataset.json").read_text())
