@@ -285,7 +285,9 @@ def sweep(
     data: Path | None = typer.Option(None, "--data", "-d", help="MSD-layout dataset folder (overrides data.root)."),
     norms: str = typer.Option(",".join(NORMS), "--norms", help="Comma-separated norms."),
     batch_sizes: str = typer.Option("1,2,3,4", "--batch-sizes", help="Comma-separated batch sizes."),
-    seeds: int = typer.Option(2, "--seeds", min=1, help="Seeds per cell (0..N-1)."),
+    seeds: int = typer.Option(2, "--seeds", min=1, help="Seeds per cell (first seed .. first seed + N - 1)."),
+    first_seed: int = typer.Option(0, "--first-seed", min=0, help="The first seed: --first-seed 2 --seeds 1 adds "
+                                   "seed 2 to a study as its own sweep (paired with seed 2 of any other sweep)."),
     budget_samples: int | None = typer.Option(None, "--budget-samples", min=1, help="Training patches per run "
                                                  "(the default rule; default: the config's epochs x iterations x "
                                                  "batch size)."),
@@ -329,7 +331,7 @@ def sweep(
         "data.root": data, "data.fold": fold, "tracking.experiment": experiment, "tracking.tracking_uri": tracking_uri}))
     kind, value = given[0] if given else ("samples", cfg.train.epochs * cfg.train.iterations_per_epoch * cfg.train.batch_size)
     spec = SweepSpec(norms=_csv(norms, str, "--norms"), batch_sizes=_csv(batch_sizes, int, "--batch-sizes"),
-                     seeds=tuple(range(seeds)), budget=kind, budget_value=float(value), lr_rule=lr_rule,
+                     seeds=tuple(range(first_seed, first_seed + seeds)), budget=kind, budget_value=float(value), lr_rule=lr_rule,
                      evaluations=evaluations)
     execution = Execution(executor=executor, jobs=jobs, slurm_partition=slurm_partition, timeout_min=timeout_min)
     sid, parent_id, status = run_sweep(cfg, spec, sweep_id=sweep_id, log=_say, execution=execution)

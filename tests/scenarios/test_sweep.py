@@ -162,7 +162,7 @@ def test_a_submitit_sweep_gives_the_same_parent_and_child_runs(tmp_path):
     """The SLURM path (a submitit job array) on submitit's local executor."""
     uri = fresh_store(tmp_path / "store.db")
     args = ["sweep", "--config", str(ROOT / "configs/demo.yaml"), "--data", str(SAMPLE), "--norms", "instance,batch",
-            "--batch-sizes", "2", "--seeds", "1", "--budget-samples", "2", "--evaluations", "1",
+            "--batch-sizes", "2", "--seeds", "1", "--first-seed", "1", "--budget-samples", "2", "--evaluations", "1",
             "--experiment", "submitit-test", "--tracking-uri", uri, "--executor", "submitit-local",
             "--set", f"output_dir={tmp_path / 'runs'}", "--set", f"data.cache_dir={tmp_path / 'cache'}",
             "--set", "validation.hd95=false", "--set", "train.amp=none", "--set", "tracking.log_model=false"]
@@ -174,7 +174,8 @@ def test_a_submitit_sweep_gives_the_same_parent_and_child_runs(tmp_path):
     (parent,) = client.search_runs([exp], "tags.`medseg.role` = 'parent'")
     children = client.search_runs([exp], "tags.`medseg.role` = 'child'")
     assert parent.info.status == "FINISHED"
-    assert {c.data.tags["medseg.sweep_key"] for c in children} == {"instance_bs2_seed0", "batch_bs2_seed0"}
+    assert {c.data.tags["medseg.sweep_key"] for c in children} == {"instance_bs2_seed1", "batch_bs2_seed1"}  # --first-seed
+    assert {c.data.params["seed"] for c in children} == {"1"}
     assert all(c.info.status == "FINISHED" and c.data.tags["mlflow.parentRunId"] == parent.info.run_id
                for c in children)
     assert list((tmp_path / "runs" / "sweeps").glob("*/submitit/*"))  # submitit's job folders
