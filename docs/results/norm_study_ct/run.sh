@@ -14,3 +14,7 @@ JOBS=${JOBS:-2}  # on the MRI arm 1.30x faster than 1 on 2 cores (benchmarks/swe
 medseg sweep --config configs/sweep_openkbp_ct.yaml --data "$DATA" --evaluations 12 --tracking-uri "$STORE" \
   --jobs "$JOBS" --set output_dir=runs --norms instance,group,batch --batch-sizes 1,4 --seeds 2 \
   --budget-samples 7200 --sweep-id ct_main --report-dir docs/results/norm_study_ct/report
+# post-hoc check (README, "Post-hoc check"): seed 2 of the three norms at batch 4, its own sweep and report
+medseg sweep --config configs/sweep_openkbp_ct.yaml --data "$DATA" --evaluations 12 --tracking-uri "$STORE" \
+  --jobs "$JOBS" --set output_dir=runs --norms instance,group,batch --batch-sizes 4 --seeds 1 --first-seed 2 \
+  --budget-samples 7200 --sweep-id ct_seed2 --report-dir docs/results/norm_study_ct/report_seed2
