@@ -412,13 +412,16 @@ def report(
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI."),
     no_log: bool = typer.Option(False, "--no-log", help="Do not log the report to the parent run (a robustness "
                                 "report of several sweeps is never logged)."),
+    pool: bool = typer.Option(False, "--pool", help="With several --sweep: report them as one study (one recipe, "
+                              "different seeds or cells, e.g. a seed added with sweep --first-seed) instead of "
+                              "asking whether their rankings agree."),
     plateau_delta: float = typer.Option(PLATEAU_DELTA, "--plateau-delta", min=0.0, help="A child whose last "
                                         "validation improved mean Dice by more than this is reported not converged."),
     negligible: float = typer.Option(NEGLIGIBLE, "--negligible", min=0.0, help="A paired difference in mean Dice "
                                      "whose whole 95 % CI lies within +-this is called no practical difference."),
 ):
-    """Build a sweep's report (CSV, Markdown, PNG plots, paired statistics) from the MLflow store alone,
-    or, with several --sweep, whether their rankings of norms agree."""
+    """Build a sweep's report (CSV, Markdown, PNG plots, paired statistics) from the MLflow store alone;
+    with several --sweep, whether their rankings of norms agree, or with --pool one report over all of them."""
     from medseg.study.report import build_report, find_sweep
     from medseg.tracking import Tracker, existing_store
 
@@ -427,21 +430,28 @@ def report(
     sweep_ids = sweep_ids or []
     if any(not s.strip() for s in sweep_ids):
         raise MedsegError("empty sweep id", "--sweep")
+    if pool and len(sweep_ids) < 2:
+        raise MedsegError("--pool needs two or more --sweep", "--pool")
     if len(sweep_ids) > 1:
-        from medseg.study.robustness import build_robustness_report
         output = output or Path("reports") / "+".join(sweep_ids)
+    if len(sweep_ids) > 1 and not pool:
+        from medseg.study.robustness import build_robustness_report
         result = build_robustness_report(uri, experiment, sweep_ids, output, plateau_delta, negligible)
         out.print("does the ranking hold in every sweep? (CIs and Holm p: robustness.md)")
         for line in _holds_lines(result):
             out.print(f"  {line}", highlight=False, soft_wrap=True)
         out.print(f"report: {output / 'robustness.md'}")
         return
-    sweep_id = sweep_ids[0] if sweep_ids else None
-    if output is None:
-        _, parent = find_sweep(Tracker.client_for(uri), experiment, sweep_id)
-        output = Path("reports") / parent.data.tags[SWEEP_ID_TAG]
-    result = build_report(uri, experiment, output, sweep_id, log_to_parent=not no_log, plateau_delta=plateau_delta,
-                          negligible=negligible)
+    if pool:
+        from medseg.study.pooled import build_pooled_report
+        result = build_pooled_report(uri, experiment, sweep_ids, output, plateau_delta, negligible)
+    else:
+        sweep_id = sweep_ids[0] if sweep_ids else None
+        if output is None:
+            _, parent = find_sweep(Tracker.client_for(uri), experiment, sweep_id)
+            output = Path("reports") / parent.data.tags[SWEEP_ID_TAG]
+        result = build_report(uri, experiment, output, sweep_id, log_to_parent=not no_log,
+                              plateau_delta=plateau_delta, negligible=negligible)
     out.print(_summary_table(result))
     out.print(_which_norm_table(result))
     out.print(f"report: {output}")

@@ -59,6 +59,7 @@ SUMMARY_METRICS = ("final_dice_mean", "last_third_gain", "best_dice_mean", "hd95
                    "peak_memory_mb", "final_train_loss", "bn_batch_stats_gap", "batch_dependence_train",
                    "batch_dependence_eval")
 NORM_ORDER = NORMS
+TABLES = ("pairwise", "batch_size_effect", "interaction", "per_label")  # the comparison tables, in report order
 
 
 def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -492,6 +493,36 @@ def build_report(tracking_uri: str, experiment: str, folder: Path, sweep_id: str
     rows = collect_runs(client, experiment_id, sweep_id, plateau_delta)
     if not rows:
         raise MedsegError(f"sweep {sweep_id} has no finished child run yet", experiment)
+    params = parent.data.params
+    result = write_report(folder, rows, f"sweep `{sweep_id}`",
+                          f"Experiment `{experiment}`, parent run `{parent.info.run_id}`",
+                          planned_children(params), params.get("sweep.rule", "?"), plateau_delta, negligible)
+    if log_to_parent:
+        client.log_artifacts(parent.info.run_id, str(folder), "report")
+        _log_tables(client, parent.info.run_id, result["summary"], {k: result[k] for k in TABLES},
+                    result["which_norm"])
+    return {"sweep_id": sweep_id, "parent_run_id": parent.info.run_id, **result}
+
+
+def write_report(folder: Path, rows: list[dict], title: str, source: str, planned: list[tuple[str, int, int]],
+                 rule: str, plateau_delta: float = PLATEAU_DELTA, negligible: float = NEGLIGIBLE) -> dict:
+    """The report's statistics, CSVs, summary.md and plots for the child runs ``rows``
+    (:func:`collect_runs`), written to ``folder`` (created).
+
+    Args:
+        folder: output folder.
+        rows: one row per finished child run, from one sweep or several pooled ones.
+        title: what is reported, for the heading (e.g. ``sweep `ct_main```).
+        source: where the runs are (experiment and parent run), one sentence.
+        planned: the (norm, batch size, seed) children planned (:func:`planned_children`); empty when unknown.
+        rule: the budget rule, as the sweep's ``sweep.rule`` parameter states it.
+        plateau_delta: the plateau rule's threshold in mean Dice.
+        negligible: negligible difference in mean Dice (verdicts).
+
+    Returns:
+        ``{"rows", "summary", "pairwise", "batch_size_effect", "interaction", "per_label", "which_norm",
+        "converged", "folder"}``.
+    """
     summary = summarize_runs(rows)
     dice = dice_by_cell(rows)
     reference = next((n for n in NORM_ORDER if any(n == k[0] for k in dice)), NORM_ORDER[0])
@@ -503,16 +534,12 @@ def build_report(tracking_uri: str, experiment: str, folder: Path, sweep_id: str
     choice = which_norm(summary, pairwise)
     folder = Path(folder)
     _write_csvs(folder, rows, summary, tables)
-    converged = sum(r["converged"] for r in rows)
-    text = _report_markdown(sweep_id, experiment, parent, rows, summary, tables, choice, plateau_delta)
+    text = _report_markdown(title, source, planned, rule, rows, summary, tables, choice, plateau_delta)
     atomic_write_text(folder / "summary.md", text)
     plot_report(rows, summary, folder)
     plot_paired_differences(pairwise, reference, folder / "paired_differences.png")
-    if log_to_parent:
-        client.log_artifacts(parent.info.run_id, str(folder), "report")
-        _log_tables(client, parent.info.run_id, summary, tables, choice)
-    return {"sweep_id": sweep_id, "parent_run_id": parent.info.run_id, "rows": rows, "summary": summary,
-            **tables, "which_norm": choice, "converged": converged, "folder": folder}
+    return {"rows": rows, "summary": summary, **tables, "which_norm": choice,
+            "converged": sum(r["converged"] for r in rows), "folder": folder}
 
 
 def _write_csvs(folder: Path, rows: list[dict], summary: list[dict], tables: dict[str, list[Comparison]]) -> None:
@@ -540,9 +567,8 @@ def planned_children(params: dict[str, str]) -> list[tuple[str, int, int]]:
     return [(n, b, x) for x in seeds for b in sizes for n in norms]
 
 
-def _completeness(params: dict[str, str], rows: list[dict]) -> str:
+def _completeness(planned: list[tuple[str, int, int]], rows: list[dict]) -> str:
     """``"40 of 40 planned children finished."``, listing the ones not finished."""
-    planned = planned_children(params)
     if not planned:
         return f"{len(rows)} children finished."
     done = {(r["norm"], r["batch_size"], r["seed"]) for r in rows}
@@ -560,15 +586,15 @@ def _margin(table: list[Comparison]) -> str:
     return f"{table[0].margin:g}" if table else f"{NEGLIGIBLE:g}"
 
 
-def _report_markdown(sweep_id: str, experiment: str, parent, rows: list[dict], summary: list[dict],
-                     tables: dict[str, list[Comparison]], choice: list[dict], plateau_delta: float) -> str:
+def _report_markdown(title: str, source: str, planned: list[tuple[str, int, int]], rule: str, rows: list[dict],
+                     summary: list[dict], tables: dict[str, list[Comparison]], choice: list[dict],
+                     plateau_delta: float) -> str:
     """summary.md: convergence, design, which norm at which batch size, the tables (``tables``: the
     pairwise and the batch-size comparisons)."""
     pairwise, by_batch_size, interaction = tables["pairwise"], tables["batch_size_effect"], tables["interaction"]
     per_label = tables["per_label"]
     reference = per_label[0].norm_a if per_label else "the reference norm"
     converged = sum(r["converged"] for r in rows)
-    p = parent.data.params
     status = (f"**All {len(rows)} children converged** (last validation gain ≤ {plateau_delta:g} mean Dice)."
               if converged == len(rows) else
               f"**Warning: {len(rows) - converged} of {len(rows)} children did not converge** (their last "
@@ -582,9 +608,8 @@ def _report_markdown(sweep_id: str, experiment: str, parent, rows: list[dict], s
                    + ", ".join(f"{r['norm']}_bs{r['batch_size']}_seed{r['seed']} ({r['unlearned_labels']})"
                                for r in unlearned) + ". Their mean Dice measures a failed run; the plateau rule "
                    "does not see it.")
-    text = (f"# Normalizer x batch-size sweep `{sweep_id}`\n\n{status} {_completeness(p, rows)}\n\n"
-            f"Experiment `{experiment}`, parent run `{parent.info.run_id}`. "
-            f"Budget rule: {p.get('sweep.rule', '?')}.\n\n"
+    text = (f"# Normalizer x batch-size {title}\n\n{status} {_completeness(planned, rows)}\n\n"
+            f"{source}. Budget rule: {rule}.\n\n"
             "Dice is the **final model**'s (end of training) on the validation fold, sliding window, mean over "
             "the foreground labels of each case. Differences are paired over (case, seed): same cases, and per "
             "seed the same training patches and initial weights; averaged over seeds per case; 95 % BCa bootstrap "

@@ -164,10 +164,10 @@ def test_an_interim_report_names_the_planned_children_not_finished():
     params = {"sweep.norms": "instance,batch", "sweep.batch_sizes": "1,4", "sweep.seeds": "0,1"}
     assert len(planned_children(params)) == 8 and planned_children({}) == []
     rows = [{"norm": n, "batch_size": b, "seed": 0} for n in ("instance", "batch") for b in (1, 4)]
-    text = _completeness(params, rows)
+    text = _completeness(planned_children(params), rows)
     assert text.startswith("4 of 8 planned children finished. **Interim report**")
     assert "instance_bs1_seed1" in text and "instance_bs1_seed0" not in text
-    assert _completeness(params, rows + [{**r, "seed": 1} for r in rows]) == "8 of 8 planned children finished."
+    assert _completeness(planned_children(params), rows + [{**r, "seed": 1} for r in rows]) == "8 of 8 planned children finished."
 
 
 def test_medseg_report_takes_the_negligible_difference_from_the_command_line(synthetic_store, tmp_path):

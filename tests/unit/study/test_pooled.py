@@ -1,0 +1,72 @@
+"""medseg.study.pooled: sweeps with one recipe reported as one study (a seed added later), from a
+store written with known per-case Dice."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from medseg.errors import MedsegError
+from medseg.study.pooled import build_pooled_report
+from tests.conftest import fresh_store
+from tests.unit.study.test_robustness import CASES, _dice, _write_sweep
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Sweep "b" (seed 0: instance and batch norm at batch 1 and 4, group norm at batch 1), "c"
+    (the same recipe, seed 1: instance and batch norm at batch 1), "a" (another learning rate, seed
+    0) and "d" (the same recipe as "b", repeating its instance_bs1_seed0)."""
+    uri = fresh_store(tmp_path_factory.mktemp("pooled") / "store.db")
+    _write_sweep(uri, "b", [(n, b, 0) for n in ("instance", "batch") for b in (1, 4)] + [("group", 1, 0)])
+    _write_sweep(uri, "c", [("instance", 1, 1), ("batch", 1, 1)])
+    _write_sweep(uri, "a", [("instance", 1, 0), ("batch", 1, 0)])
+    _write_sweep(uri, "d", [("instance", 1, 0)])
+    return uri
+
+
+def test_pooled_sweeps_give_one_report_with_every_seed(store, tmp_path):
+    result = build_pooled_report(store, "robust-test", ["b", "c"], tmp_path / "r")
+    assert result["sweep_id"] == "b+c" and len(result["rows"]) == 7
+    cells = {(s["norm"], s["batch_size"]): s["seeds"] for s in result["summary"]}
+    assert cells[("instance", 1)] == 2 and cells[("batch", 1)] == 2 and cells[("instance", 4)] == 1
+    # instance - batch at batch 1 over both seeds: per case, the mean over seeds 0 and 1 of the
+    # difference the data were written with (0.02 + 0.002 i, the same in each seed)
+    (c,) = [c for c in result["pairwise"] if c.batch_size == 1 and {c.norm_a, c.norm_b} == {"instance", "batch"}]
+    diffs = np.array([np.mean([_dice("b", "instance", 1, s, i) - _dice("b", "batch", 1, s, i) for s in (0, 1)])
+                      for i in range(len(CASES))])
+    sign = 1 if c.norm_a == "instance" else -1
+    assert c.seeds == 2 and sign * c.mean_difference == pytest.approx(diffs.mean(), abs=1e-9)
+    assert c.p_value == pytest.approx(stats.wilcoxon(diffs).pvalue, rel=1e-9)
+    with open(tmp_path / "r" / "runs.csv") as f:
+        assert {r["sweep"] for r in csv.DictReader(f)} == {"b", "c"}
+    text = (tmp_path / "r" / "summary.md").read_text()
+    assert "`b` + `c`, pooled" in text and "7 children finished" in text
+
+
+def test_pooling_refuses_other_recipes_a_repeated_child_and_a_single_sweep(store, tmp_path):
+    with pytest.raises(MedsegError, match=r"recipes differ.*base\.train\.lr = 0\.003 / 0\.001"):
+        build_pooled_report(store, "robust-test", ["b", "a"], tmp_path / "x")
+    with pytest.raises(MedsegError, match="more than one sweep.*instance_bs1_seed0"):
+        build_pooled_report(store, "robust-test", ["b", "d"], tmp_path / "y")
+    with pytest.raises(MedsegError, match="two or more different sweeps"):
+        build_pooled_report(store, "robust-test", ["b", "b"], tmp_path / "z")
+    assert not any((tmp_path / n).exists() for n in "xyz")  # nothing written
+
+
+def test_medseg_report_pool_prints_the_pooled_summary_and_refuses_one_sweep(store, tmp_path, capsys):
+    from typer.testing import CliRunner
+
+    from medseg.cli import app, run_cli
+    result = CliRunner().invoke(app, ["report", "-e", "robust-test", "--tracking-uri", store, "--sweep", "b",
+                                      "--sweep", "c", "--pool", "--output", str(tmp_path / "r")], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "sweep b+c" in result.output and (tmp_path / "r" / "summary.md").is_file()
+    assert not (tmp_path / "r" / "robustness.md").exists()  # pooled, not compared
+    code = run_cli(["report", "-e", "robust-test", "--tracking-uri", store, "--sweep", "b", "--pool", "--output",
+                    str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--pool needs two or more --sweep" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
