@@ -18,3 +18,6 @@ medseg sweep --config configs/sweep_openkbp_ct.yaml --data "$DATA" --evaluations
 medseg sweep --config configs/sweep_openkbp_ct.yaml --data "$DATA" --evaluations 12 --tracking-uri "$STORE" \
   --jobs "$JOBS" --set output_dir=runs --norms instance,group,batch --batch-sizes 4 --seeds 1 --first-seed 2 \
   --budget-samples 7200 --sweep-id ct_seed2 --report-dir docs/results/norm_study_ct/report_seed2
+# and all three seeds as one study (descriptive; README, "Post-hoc check")
+medseg report --experiment medseg-norm-study-ct --sweep ct_main --sweep ct_seed2 --pool --tracking-uri "$STORE" \
+  --output docs/results/norm_study_ct/report_pooled
