@@ -28,21 +28,31 @@ def store(tmp_path_factory):
 
 
 def test_pooled_sweeps_give_one_report_with_every_seed(store, tmp_path):
-    result = build_pooled_report(store, "robust-test", ["b", "c"], tmp_path / "r")
-    assert result["sweep_id"] == "b+c" and len(result["rows"]) == 7
-    cells = {(s["norm"], s["batch_size"]): s["seeds"] for s in result["summary"]}
-    assert cells[("instance", 1)] == 2 and cells[("batch", 1)] == 2 and cells[("instance", 4)] == 1
+    """Through ``medseg report --pool`` (one report build: the CLI prints the summary of the result)."""
+    from typer.testing import CliRunner
+
+    from medseg.cli import app
+    out = tmp_path / "r"
+    result = CliRunner().invoke(app, ["report", "-e", "robust-test", "--tracking-uri", store, "--sweep", "b",
+                                      "--sweep", "c", "--pool", "--output", str(out)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "sweep b+c" in result.output and not (out / "robustness.md").exists()  # pooled, not compared
+    with open(out / "runs.csv") as f:
+        runs = list(csv.DictReader(f))
+    assert len(runs) == 7 and {r["sweep"] for r in runs} == {"b", "c"}
+    with open(out / "summary.csv") as f:
+        cells = {(s["norm"], s["batch_size"]): s["seeds"] for s in csv.DictReader(f)}
+    assert cells[("instance", "1")] == "2" and cells[("batch", "1")] == "2" and cells[("instance", "4")] == "1"
     # instance - batch at batch 1 over both seeds: per case, the mean over seeds 0 and 1 of the
     # difference the data were written with (0.02 + 0.002 i, the same in each seed)
-    (c,) = [c for c in result["pairwise"] if c.batch_size == 1 and {c.norm_a, c.norm_b} == {"instance", "batch"}]
+    with open(out / "pairwise.csv") as f:
+        (c,) = [r for r in csv.DictReader(f) if r["batch_size"] == "1" and {r["norm_a"], r["norm_b"]} == {"instance", "batch"}]
     diffs = np.array([np.mean([_dice("b", "instance", 1, s, i) - _dice("b", "batch", 1, s, i) for s in (0, 1)])
                       for i in range(len(CASES))])
-    sign = 1 if c.norm_a == "instance" else -1
-    assert c.seeds == 2 and sign * c.mean_difference == pytest.approx(diffs.mean(), abs=1e-9)
-    assert c.p_value == pytest.approx(stats.wilcoxon(diffs).pvalue, rel=1e-9)
-    with open(tmp_path / "r" / "runs.csv") as f:
-        assert {r["sweep"] for r in csv.DictReader(f)} == {"b", "c"}
-    text = (tmp_path / "r" / "summary.md").read_text()
+    sign = 1 if c["norm_a"] == "instance" else -1
+    assert c["seeds"] == "2" and sign * float(c["mean_difference"]) == pytest.approx(diffs.mean(), abs=1e-9)
+    assert float(c["p_value"]) == pytest.approx(stats.wilcoxon(diffs).pvalue, rel=1e-9)
+    text = (out / "summary.md").read_text()
     assert "`b` + `c`, pooled" in text and "7 children finished" in text
 
 
@@ -56,15 +66,8 @@ def test_pooling_refuses_other_recipes_a_repeated_child_and_a_single_sweep(store
     assert not any((tmp_path / n).exists() for n in "xyz")  # nothing written
 
 
-def test_medseg_report_pool_prints_the_pooled_summary_and_refuses_one_sweep(store, tmp_path, capsys):
-    from typer.testing import CliRunner
-
-    from medseg.cli import app, run_cli
-    result = CliRunner().invoke(app, ["report", "-e", "robust-test", "--tracking-uri", store, "--sweep", "b",
-                                      "--sweep", "c", "--pool", "--output", str(tmp_path / "r")], terminal_width=200)
-    assert result.exit_code == 0, result.output
-    assert "sweep b+c" in result.output and (tmp_path / "r" / "summary.md").is_file()
-    assert not (tmp_path / "r" / "robustness.md").exists()  # pooled, not compared
+def test_medseg_report_pool_refuses_one_sweep_in_one_line(store, tmp_path, capsys):
+    from medseg.cli import run_cli
     code = run_cli(["report", "-e", "robust-test", "--tracking-uri", store, "--sweep", "b", "--pool", "--output",
                     str(tmp_path / "x")])
     err = capsys.readouterr().err
