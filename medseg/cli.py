@@ -331,8 +331,8 @@ def sweep(
         "data.root": data, "data.fold": fold, "tracking.experiment": experiment, "tracking.tracking_uri": tracking_uri}))
     kind, value = given[0] if given else ("samples", cfg.train.epochs * cfg.train.iterations_per_epoch * cfg.train.batch_size)
     spec = SweepSpec(norms=_csv(norms, str, "--norms"), batch_sizes=_csv(batch_sizes, int, "--batch-sizes"),
-                     seeds=tuple(range(first_seed, first_seed + seeds)), budget=kind, budget_value=float(value), lr_rule=lr_rule,
-                     evaluations=evaluations)
+                     seeds=tuple(range(first_seed, first_seed + seeds)), budget=kind, budget_value=float(value),
+                     lr_rule=lr_rule, evaluations=evaluations)
     execution = Execution(executor=executor, jobs=jobs, slurm_partition=slurm_partition, timeout_min=timeout_min)
     sid, parent_id, status = run_sweep(cfg, spec, sweep_id=sweep_id, log=_say, execution=execution)
     _sweep_report(cfg, sid, parent_id, status, report_dir, tracking_uri, plateau_delta)
@@ -434,15 +434,14 @@ def report(
         raise MedsegError("--pool needs two or more --sweep", "--pool")
     if len(sweep_ids) > 1:
         output = output or Path("reports") / "+".join(sweep_ids)
-    if len(sweep_ids) > 1 and not pool:
-        from medseg.study.robustness import build_robustness_report
-        result = build_robustness_report(uri, experiment, sweep_ids, output, plateau_delta, negligible)
-        out.print("does the ranking hold in every sweep? (CIs and Holm p: robustness.md)")
-        for line in _holds_lines(result):
-            out.print(f"  {line}", highlight=False, soft_wrap=True)
-        out.print(f"report: {output / 'robustness.md'}")
-        return
-    if pool:
+        if not pool:
+            from medseg.study.robustness import build_robustness_report
+            result = build_robustness_report(uri, experiment, sweep_ids, output, plateau_delta, negligible)
+            out.print("does the ranking hold in every sweep? (CIs and Holm p: robustness.md)")
+            for line in _holds_lines(result):
+                out.print(f"  {line}", highlight=False, soft_wrap=True)
+            out.print(f"report: {output / 'robustness.md'}")
+            return
         from medseg.study.pooled import build_pooled_report
         result = build_pooled_report(uri, experiment, sweep_ids, output, plateau_delta, negligible)
     else:

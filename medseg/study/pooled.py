@@ -13,12 +13,10 @@ from collections import Counter
 from pathlib import Path
 
 from medseg.errors import MedsegError
-from medseg.study.report import NORM_ORDER, collect_runs, find_sweep, planned_children, write_report
+from medseg.study.report import SWEEP_COLUMN, collect_sweeps, planned_children, sort_runs, write_report
 from medseg.study.robustness import recipe_differences
 from medseg.study.rules import NEGLIGIBLE, PLATEAU_DELTA
 from medseg.tracking import Tracker
-
-SWEEP_COLUMN = "sweep"  # runs.csv column naming each child's sweep
 
 
 def build_pooled_report(tracking_uri: str, experiment: str, sweep_ids: list[str], folder: Path,
@@ -46,16 +44,9 @@ def build_pooled_report(tracking_uri: str, experiment: str, sweep_ids: list[str]
         MedsegError: fewer than two sweeps, no such experiment or sweep, a sweep without a finished
             child, recipes that differ (named with each sweep's value), or a child in two sweeps.
     """
-    if len(sweep_ids) < 2 or len(set(sweep_ids)) < len(sweep_ids):
-        raise MedsegError("pooling needs two or more different sweeps (each named once)", ", ".join(sweep_ids))
-    client = Tracker.client_for(tracking_uri)
-    rows, parents = [], {}
-    for sweep_id in sweep_ids:
-        experiment_id, parents[sweep_id] = find_sweep(client, experiment, sweep_id)
-        children = collect_runs(client, experiment_id, sweep_id, plateau_delta)
-        if not children:
-            raise MedsegError(f"sweep {sweep_id} has no finished child run yet", experiment)
-        rows += [{SWEEP_COLUMN: sweep_id, **r} for r in children]
+    by_sweep, parents = collect_sweeps(Tracker.client_for(tracking_uri), experiment, sweep_ids, "pooling",
+                                       plateau_delta)
+    rows = sort_runs([{SWEEP_COLUMN: s, **r} for s, rs in by_sweep.items() for r in rs])
     differ = recipe_differences({s: dict(p.data.params) for s, p in parents.items()})
     if differ:
         raise MedsegError("the sweeps' recipes differ, so they are not parts of one study: "
@@ -66,8 +57,6 @@ def build_pooled_report(tracking_uri: str, experiment: str, sweep_ids: list[str]
         raise MedsegError("a child is in more than one sweep (pooled sweeps need different seeds or cells; "
                           "see medseg sweep --first-seed): "
                           + ", ".join(f"{n}_bs{b}_seed{s}" for n, b, s in sorted(twice)), ", ".join(sweep_ids))
-    order = {n: i for i, n in enumerate(NORM_ORDER)}
-    rows.sort(key=lambda r: (r["batch_size"], order.get(r["norm"], len(order)), r["seed"]))  # as collect_runs
     planned = [c for p in parents.values() for c in planned_children(p.data.params)]
     status = ", ".join(f"`{s}` ({p.info.run_id}, {p.info.status})" for s, p in parents.items())
     rule = parents[sweep_ids[0]].data.params.get("sweep.rule", "?")

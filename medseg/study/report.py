@@ -59,6 +59,7 @@ SUMMARY_METRICS = ("final_dice_mean", "last_third_gain", "best_dice_mean", "hd95
                    "peak_memory_mb", "final_train_loss", "bn_batch_stats_gap", "batch_dependence_train",
                    "batch_dependence_eval")
 NORM_ORDER = NORMS
+SWEEP_COLUMN = "sweep"  # the column naming each row's sweep in reports over several sweeps
 TABLES = ("pairwise", "batch_size_effect", "interaction", "per_label")  # the comparison tables, in report order
 
 
@@ -112,10 +113,10 @@ def last_third_gain(curve: list[tuple[int, float]]) -> float:
     return curve[-1][1] - curve[-1 - math.ceil(len(curve) / 3)][1]
 
 
-def unlearned_labels(cases: dict[tuple[str, str], float], below: float = UNLEARNED_LABEL_DICE) -> list[str]:
-    """The labels whose final-model Dice, averaged over the validation cases, is below ``below``
-    (sorted): a label the run did not learn."""
-    return [lab for lab, m in label_means(cases).items() if m < below]
+def unlearned_labels(means: dict[str, float], below: float = UNLEARNED_LABEL_DICE) -> list[str]:
+    """The labels whose final-model Dice averaged over the validation cases (``means``,
+    :func:`label_means`) is below ``below``, in ``means``' order: labels the run did not learn."""
+    return [lab for lab, m in means.items() if m < below]
 
 
 def label_means(cases: dict[tuple[str, str], float]) -> dict[str, float]:
@@ -161,10 +162,38 @@ def collect_runs(client, experiment_id: str, sweep_id: str, plateau_delta: float
                "cases": cases, "curve": curve}
         means = label_means(cases)
         row.update({f"final_dice_{label}": m for label, m in means.items()})
-        row["unlearned_labels"] = " ".join(lab for lab, m in means.items() if m < UNLEARNED_LABEL_DICE)
+        row["unlearned_labels"] = " ".join(unlearned_labels(means))
         rows.append(row)
+    return sort_runs(rows)
+
+
+def sort_runs(rows: list[dict]) -> list[dict]:
+    """Child-run rows in report order: batch size, norm (:data:`NORM_ORDER`, unknown norms last), seed."""
     order = {n: i for i, n in enumerate(NORM_ORDER)}
-    return sorted(rows, key=lambda x: (x["batch_size"], order.get(x["norm"], 99), x["seed"]))
+    return sorted(rows, key=lambda r: (r["batch_size"], order.get(r["norm"], len(order)), r["seed"]))
+
+
+def collect_sweeps(client, experiment: str, sweep_ids: list[str], what: str,
+                   plateau_delta: float = PLATEAU_DELTA) -> tuple[dict[str, list[dict]], dict]:
+    """The finished child runs (:func:`collect_runs`) and the parent run of each of several sweeps,
+    for a report over them (``what``: its name in errors, e.g. "a robustness report").
+
+    Returns:
+        (``{sweep id: rows}``, ``{sweep id: parent run}``), in ``sweep_ids``' order.
+
+    Raises:
+        MedsegError: fewer than two different sweeps (or one named twice), no such experiment or
+            sweep, or a sweep without a finished child.
+    """
+    if len(sweep_ids) < 2 or len(set(sweep_ids)) < len(sweep_ids):
+        raise MedsegError(f"{what} needs two or more different sweeps (each named once)", ", ".join(sweep_ids))
+    rows, parents = {}, {}
+    for sweep_id in sweep_ids:
+        experiment_id, parents[sweep_id] = find_sweep(client, experiment, sweep_id)
+        rows[sweep_id] = collect_runs(client, experiment_id, sweep_id, plateau_delta)
+        if not rows[sweep_id]:
+            raise MedsegError(f"sweep {sweep_id} has no finished child run yet", experiment)
+    return rows, parents
 
 
 def dice_by_cell(rows: list[dict]) -> dict[tuple[str, int], dict[int, dict[str, float]]]:

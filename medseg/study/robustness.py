@@ -23,7 +23,7 @@ import numpy as np
 from medseg.atomic import atomic_write_text, write_csv
 from medseg.errors import MedsegError
 from medseg.norm_registry import NORMS
-from medseg.study.report import collect_runs, dice_by_cell, find_sweep, format_ci, pairwise_markdown
+from medseg.study.report import SWEEP_COLUMN, collect_sweeps, dice_by_cell, format_ci, pairwise_markdown
 from medseg.study.rules import NEGLIGIBLE, PLATEAU_DELTA
 from medseg.study.statistics import Comparison, cell_case_means, holm, mean_ci, pairwise_table
 from medseg.tracking import Tracker
@@ -79,9 +79,9 @@ def build_robustness_report(tracking_uri: str, experiment: str, sweep_ids: list[
     """Compare the norms within each sweep on what all the sweeps share, and say whether each ranking holds.
 
     Writes ``robustness.md`` (what the sweeps differ in and what was left out, the cells' final Dice,
-    whether each ranking holds, the comparisons per sweep), ``robustness.png`` (:func:`plot_robustness`), ``robustness.csv`` (one row per
-    comparison, with its ``sweep``), ``robustness_holds.csv`` (one row per pair of norms and batch
-    size: :func:`ranking_holds` and each sweep's difference) and ``robustness_cells.csv`` (final mean
+    whether each ranking holds, the comparisons per sweep), ``robustness.png`` (:func:`plot_robustness`),
+    ``robustness.csv`` (one row per comparison, with its ``sweep``), ``robustness_holds.csv`` (one
+    row per pair of norms and batch size: :func:`ranking_holds` and each sweep's difference) and ``robustness_cells.csv`` (final mean
     Dice with its 95 % CI over cases, learning rate and convergence per sweep and cell).
     Nothing is logged to MLflow (the sweeps have different parent runs).
 
@@ -103,16 +103,8 @@ def build_robustness_report(tracking_uri: str, experiment: str, sweep_ids: list[
         MedsegError: fewer than two sweeps, no such experiment or sweep, a sweep without a finished
             child, no seed shared by every sweep, or no two norms at one batch size in every sweep.
     """
-    if len(sweep_ids) < 2 or len(set(sweep_ids)) < len(sweep_ids):
-        raise MedsegError("a robustness report needs two or more different sweeps (each named once)",
-                          ", ".join(sweep_ids))
-    client = Tracker.client_for(tracking_uri)
-    rows, parents = {}, {}
-    for sweep_id in sweep_ids:
-        experiment_id, parents[sweep_id] = find_sweep(client, experiment, sweep_id)
-        rows[sweep_id] = collect_runs(client, experiment_id, sweep_id, plateau_delta)
-        if not rows[sweep_id]:
-            raise MedsegError(f"sweep {sweep_id} has no finished child run yet", experiment)
+    rows, parents = collect_sweeps(Tracker.client_for(tracking_uri), experiment, sweep_ids, "a robustness report",
+                                   plateau_delta)
     seeds = sorted(set.intersection(*({r["seed"] for r in rs} for rs in rows.values())))
     if not seeds:
         raise MedsegError("the sweeps share no seed, so nothing is paired across them", ", ".join(sweep_ids))
@@ -144,12 +136,12 @@ def build_robustness_report(tracking_uri: str, experiment: str, sweep_ids: list[
         for norm, bs in sorted(cells, key=lambda k: (k[1], NORMS.index(k[0]))):
             rs = [r for r in rows[s] if (r["norm"], r["batch_size"]) == (norm, bs)]
             m, lo, hi = mean_ci(cell_case_means(dice[s][(norm, bs)]))
-            cell_rows.append({"sweep": s, "norm": norm, "batch_size": bs, "lr": rs[0]["lr"], "seeds": len(rs),
+            cell_rows.append({SWEEP_COLUMN: s, "norm": norm, "batch_size": bs, "lr": rs[0]["lr"], "seeds": len(rs),
                               "converged": sum(r["converged"] for r in rs), "case_dice_mean": m, "case_dice_ci_low": lo,
                               "case_dice_ci_high": hi})
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    write_csv([{"sweep": s, **c.to_dict()} for s, c in comparisons], folder / "robustness.csv")
+    write_csv([{SWEEP_COLUMN: s, **c.to_dict()} for s, c in comparisons], folder / "robustness.csv")
     write_csv(cell_rows, folder / "robustness_cells.csv")
     write_csv(holds, folder / "robustness_holds.csv")
     plot_robustness(comparisons, sweep_ids, folder / "robustness.png")
@@ -200,7 +192,7 @@ def _markdown(experiment: str, sweep_ids: list[str], seeds: list[int], cells: li
     lines = [f"# Does the ranking hold across sweeps {', '.join(f'`{s}`' for s in sweep_ids)}?", ""]
     if unconverged:
         lines += [f"**Warning: {len(unconverged)} cells have a child that did not converge** (last validation gain > "
-                  f"{plateau_delta:g}): " + ", ".join(f"{c['sweep']} {c['norm']} at batch {c['batch_size']}"
+                  f"{plateau_delta:g}): " + ", ".join(f"{c[SWEEP_COLUMN]} {c['norm']} at batch {c['batch_size']}"
                                                        for c in unconverged) + ".", ""]
     else:
         lines += [f"Every child compared converged (last validation gain ≤ {plateau_delta:g}).", ""]
@@ -225,7 +217,7 @@ def _markdown(experiment: str, sweep_ids: list[str], seeds: list[int], cells: li
               "", "## Final mean Dice per sweep and cell", "",
               "| sweep | norm | batch size | learning rate (after the batch-size rule) | final Dice [95 % CI over cases] "
               "| converged |", "|---|---|---|---|---|---|"]
-    lines += [f"| {c['sweep']} | {c['norm']} | {c['batch_size']} | {c['lr']:.3g} | "
+    lines += [f"| {c[SWEEP_COLUMN]} | {c['norm']} | {c['batch_size']} | {c['lr']:.3g} | "
               f"{format_ci(c['case_dice_mean'], c['case_dice_ci_low'], c['case_dice_ci_high'])} | "
               f"{c['converged']} of {c['seeds']} |" for c in cells]
     lines += ["", "## Does the ranking hold?", "", "![A - B per sweep](robustness.png)", "",

@@ -174,7 +174,8 @@ def test_a_submitit_sweep_gives_the_same_parent_and_child_runs(tmp_path):
     (parent,) = client.search_runs([exp], "tags.`medseg.role` = 'parent'")
     children = client.search_runs([exp], "tags.`medseg.role` = 'child'")
     assert parent.info.status == "FINISHED"
-    assert {c.data.tags["medseg.sweep_key"] for c in children} == {"instance_bs2_seed1", "batch_bs2_seed1"}  # --first-seed
+    keys = {c.data.tags["medseg.sweep_key"] for c in children}
+    assert keys == {"instance_bs2_seed1", "batch_bs2_seed1"}  # --first-seed
     assert {c.data.params["seed"] for c in children} == {"1"}
     assert all(c.info.status == "FINISHED" and c.data.tags["mlflow.parentRunId"] == parent.info.run_id
                for c in children)

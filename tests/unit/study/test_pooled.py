@@ -46,7 +46,8 @@ def test_pooled_sweeps_give_one_report_with_every_seed(store, tmp_path):
     # instance - batch at batch 1 over both seeds: per case, the mean over seeds 0 and 1 of the
     # difference the data were written with (0.02 + 0.002 i, the same in each seed)
     with open(out / "pairwise.csv") as f:
-        (c,) = [r for r in csv.DictReader(f) if r["batch_size"] == "1" and {r["norm_a"], r["norm_b"]} == {"instance", "batch"}]
+        (c,) = [r for r in csv.DictReader(f)
+                if r["batch_size"] == "1" and {r["norm_a"], r["norm_b"]} == {"instance", "batch"}]
     diffs = np.array([np.mean([_dice("b", "instance", 1, s, i) - _dice("b", "batch", 1, s, i) for s in (0, 1)])
                       for i in range(len(CASES))])
     sign = 1 if c["norm_a"] == "instance" else -1

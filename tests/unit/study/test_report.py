@@ -167,7 +167,8 @@ def test_an_interim_report_names_the_planned_children_not_finished():
     text = _completeness(planned_children(params), rows)
     assert text.startswith("4 of 8 planned children finished. **Interim report**")
     assert "instance_bs1_seed1" in text and "instance_bs1_seed0" not in text
-    assert _completeness(planned_children(params), rows + [{**r, "seed": 1} for r in rows]) == "8 of 8 planned children finished."
+    everything = rows + [{**r, "seed": 1} for r in rows]
+    assert _completeness(planned_children(params), everything) == "8 of 8 planned children finished."
 
 
 def test_medseg_report_takes_the_negligible_difference_from_the_command_line(synthetic_store, tmp_path):
@@ -230,11 +231,11 @@ def test_the_per_label_table_reads_each_labels_dice_from_the_store(synthetic_sto
 
 
 def test_a_child_that_did_not_learn_a_label_is_flagged(synthetic_store):
-    from medseg.study.report import unlearned_labels
+    from medseg.study.report import label_means, unlearned_labels
     cases = {(c, lab): (0.02 if lab == "A" and c != "c0" else 0.8) for c in ("c0", "c1", "c2") for lab in ("A", "B")}
-    assert unlearned_labels(cases) == []  # A: mean (0.8 + 0.02 + 0.02) / 3 = 0.28
-    assert unlearned_labels(cases, below=0.3) == ["A"]
-    assert unlearned_labels({(c, lab): 0.0 for c in ("c0", "c1") for lab in ("B", "A")}) == ["A", "B"]
+    assert unlearned_labels(label_means(cases)) == []  # A: mean (0.8 + 0.02 + 0.02) / 3 = 0.28
+    assert unlearned_labels(label_means(cases), below=0.3) == ["A"]
+    assert unlearned_labels(label_means({(c, lab): 0.0 for c in ("c0", "c1") for lab in ("B", "A")})) == ["A", "B"]
     _, rep = synthetic_store
     assert all(r["unlearned_labels"] == "" for r in rep["rows"])
     assert "did not learn a label" not in (rep["folder"] / "summary.md").read_text()
