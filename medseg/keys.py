@@ -26,6 +26,13 @@ VAL_DICE_MEAN = "val_dice_mean"  # mean over foreground labels of the epoch's va
 BEST_DICE_MEAN = "best_val_dice_mean"  # the same for the best epoch's model, validated again at the end
 FINAL_DICE_MEAN = "final_val_dice_mean"  # the final model's (the normalizer study compares these)
 FINAL_CASE_DICE = "final_case_dice"  # final_case_dice/<case id>/<label name>
+# a batch-norm run's final network inferred with other statistics (medseg/training/bn_modes.py):
+# "running" is the default (FINAL_CASE_DICE), "window" each window's own, "precise" re-estimated
+BN_MODES = ("running", "window", "precise")
+BN_MODE_CASE_DICE = {"running": FINAL_CASE_DICE, "window": "final_bn_window_case_dice",
+                     "precise": "final_bn_precise_case_dice"}
+BN_MODE_DICE_MEAN = {"running": FINAL_DICE_MEAN, "window": "final_bn_window_dice_mean",
+                     "precise": "final_bn_precise_dice_mean"}
 BATCH_DEPENDENCE_TRAIN = "final_batch_dependence_train"
 BATCH_DEPENDENCE_EVAL = "final_batch_dependence_eval"
 

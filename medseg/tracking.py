@@ -123,13 +123,32 @@ def resolve_model_uri(model: str, tracking_uri: str | None = None) -> Path:
     return found[0]
 
 
-def git_commit() -> str:
-    """The medseg source tree's git commit, or ``"unknown"``."""
+GIT_TIMEOUT_S = 30  # a loaded machine (a sweep at nice 19) can take seconds to start git
+
+
+def git_provenance() -> dict[str, str]:
+    """Which source the running medseg is: MLflow tags ``git_commit`` (the commit of the medseg
+    source tree, or ``"unknown"``), ``git_dirty`` (``"true"`` when tracked files differ from that
+    commit, so the commit alone does not say what ran) and, when the commit is unknown,
+    ``git_unknown_reason`` (git not installed, not a git checkout such as a wheel install, or the
+    error git gave)."""
+    here = Path(__file__).parent
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=GIT_TIMEOUT_S)
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                              text=True, timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0 or not head.stdout.strip():
+            why = (head.stderr.strip().splitlines() or ["git rev-parse failed"])[-1]
+            return {"git_commit": "unknown", "git_unknown_reason": f"medseg at {here} is not in a git checkout "
+                    f"(installed from a wheel?): {why[:200]}"}
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".")
+        out = {"git_commit": head.stdout.strip(), "git_dirty": "true" if dirty.stdout.strip() else "false"}
+        return out
+    except FileNotFoundError:
+        return {"git_commit": "unknown", "git_unknown_reason": "git is not installed"}
+    except (OSError, subprocess.SubprocessError) as e:
+        return {"git_commit": "unknown", "git_unknown_reason": f"{type(e).__name__}: {str(e)[:200]}"}
 
 
 def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
@@ -158,7 +177,7 @@ class Tracker:
         experiment: experiment name; created if missing.
         run_name: the run's display name.
         tags: string tags (norm, batch_size, fold, dataset...); ``medseg_version`` and
-            ``git_commit`` are added.
+            :func:`git_provenance`'s tags are added.
 
     Raises:
         MedsegError: the tracking store cannot be reached or written (before any training).
@@ -171,7 +190,7 @@ class Tracker:
         try:
             exp = self.client.get_experiment_by_name(experiment)
             exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment, tags=EXPERIMENT_KIND)
-            all_tags = {**tags, "medseg_version": __version__, "git_commit": git_commit()}
+            all_tags = {**tags, "medseg_version": __version__, **git_provenance()}
             self.run = self.client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in all_tags.items()})
         except Exception as e:  # connection errors, permission errors, bad URIs
             raise MedsegError(f"cannot reach or write the MLflow tracking store ({type(e).__name__}: "

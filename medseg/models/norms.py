@@ -104,3 +104,33 @@ def batch_dependence(network: torch.nn.Module, batch: torch.Tensor) -> dict[str,
             alone, inside = alone[:, 0], inside[:, 0]
         out[mode] = float((alone - inside).abs().max())
     return out
+
+
+@torch.no_grad()
+def precise_batch_norm(network: torch.nn.Module, batches) -> torch.nn.Module:
+    """A copy of ``network`` whose batch-norm running statistics are re-estimated from ``batches``
+    with the final weights: every batch counts equally, and the exponential moving average of
+    training (momentum 0.1 over weights that kept changing) is discarded.
+
+    This is "precise BN" (Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm", arXiv:2105.07576,
+    Sec. 3.3; earlier in He et al. 2016's ResNet release), done with PyTorch's
+    :func:`torch.optim.swa_utils.update_bn` (running averages reset, ``momentum=None``: a cumulative
+    mean of the per-batch means and unbiased variances). At batch size B each batch's variance is
+    the variance within its B examples, as in training. Other layers are unaffected; the network
+    passed in is not changed. Runs in float32, in train mode (so deep supervision heads run too; the
+    outputs are discarded).
+
+    Args:
+        network: the trained network, on its device.
+        batches: an iterable of (N, C, D, H, W) float tensors (training patches).
+
+    Returns:
+        The copy, in eval mode, on the same device.
+    """
+    import copy
+
+    from torch.optim.swa_utils import update_bn
+    net = copy.deepcopy(network).float()
+    device = next(net.parameters()).device
+    update_bn(batches, net, device=device)
+    return net.eval()

@@ -67,6 +67,7 @@ from medseg.training.state import (
     restore,
     save_training_state,
 )
+from medseg.training.bn_modes import batch_norm_modes, training_batches
 from medseg.training.validation import Validator
 
 Log = Callable[[str], None]
@@ -413,6 +414,7 @@ class Parts:
         patch DataLoader and the sampler that gives it each epoch's stream indices. step: the
         optimization step (loss, optimizer, schedule, precision, augmentation on the device).
         validator: the validation (:class:`~medseg.training.validation.Validator`).
+        stream: the training patch stream (also what re-estimates batch norm's statistics at the end).
     """
 
     network: torch.nn.Module
@@ -421,6 +423,7 @@ class Parts:
     sampler: EpochSampler
     step: Step
     validator: Validator
+    stream: EpochPatchStream
 
 
 def _build(ctx: RunContext, network: torch.nn.Module, train_items: list[dict], val_items: list[dict]) -> Parts:
@@ -442,7 +445,8 @@ def _build(ctx: RunContext, network: torch.nn.Module, train_items: list[dict], v
     inferer = make_inferer(ctx.plan.patch_size, cfg.validation.overlap, cfg.validation.sw_batch_size)
     step = Step(dice_ce_loss(), optimizer, scheduler, device, ctx.amp, grad_scaler(device, ctx.amp), t.grad_clip,
                 t.channels_last, DeviceAugmentation(stream) if cfg.augment.on_device else None)
-    return Parts(network, model, loader, sampler, step, Validator(network, val_volumes, inferer, ctx.plan, ctx.amp, info))
+    return Parts(network, model, loader, sampler, step, Validator(network, val_volumes, inferer, ctx.plan, ctx.amp, info),
+                 stream)
 
 
 def _fit(ctx: RunContext, network: torch.nn.Module, parts: Parts,
@@ -469,7 +473,12 @@ def _fit(ctx: RunContext, network: torch.nn.Module, parts: Parts,
     finally:
         parts.loader = None  # ends persistent DataLoader workers before the final validation (or on error)
     # the final model (what the normalizer study compares), before the best epoch's weights replace it
-    ctx.tracker.log_metrics(parts.validator.final_model_metrics(t.epochs - 1, ctx.progress), step=t.epochs - 1)
+    final = parts.validator.final_model_metrics(t.epochs - 1, ctx.progress)
+    if ctx.batch_statistics:  # the same final network with each window's and with re-estimated statistics
+        batches = training_batches(parts.stream, t.batch_size, augmentation=parts.step.device_augment,
+                                   device=ctx.device)
+        final.update(batch_norm_modes(parts.validator, batches, ctx.progress))
+    ctx.tracker.log_metrics(final, step=t.epochs - 1)
     dist.barrier(ctx.info)  # best.pt is written by rank 0 (the run folder must be on a shared filesystem)
     network.load_state_dict(load_checkpoint(ctx.checkpoints / BEST_CHECKPOINT, map_location=ctx.device)[NETWORK])
     return _finish(ctx, parts.validator, state)

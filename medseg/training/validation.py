@@ -31,9 +31,10 @@ from medseg.training import distributed as dist
 BATCH_DEPENDENCE_PATCHES = 5  # one case alone vs inside a batch with 4 others
 
 
-def case_dice_key(case_id: str, label: str) -> str:
-    """The MLflow metric key of one validation case's Dice for one label of the final model."""
-    return f"{FINAL_CASE_DICE}/{mlflow_key(case_id, allow_slash=False)}/{mlflow_key(label, allow_slash=False)}"
+def case_dice_key(case_id: str, label: str, prefix: str = FINAL_CASE_DICE) -> str:
+    """The MLflow metric key of one validation case's Dice for one label of the final model
+    (``prefix/<case>/<label>``; another prefix for another way of inferring it)."""
+    return f"{prefix}/{mlflow_key(case_id, allow_slash=False)}/{mlflow_key(label, allow_slash=False)}"
 
 
 class Validator:

@@ -4,10 +4,12 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from medseg.cli import app
 from medseg.inference.predictor import Predictor, label_image
+from medseg.keys import BN_MODE_CASE_DICE, BN_MODE_DICE_MEAN
 from medseg.precision import effective_amp
 from medseg.models.directory import load_model_dir
 from tests.conftest import EPOCHS, ROOT, SAMPLE
@@ -106,6 +108,12 @@ def test_batch_size_one_with_batch_norm_and_disk_cache(tmp_path, monkeypatch):
     assert (tmp_path / "mlflow.db").exists()  # the default local store
     loaded = load_model_dir(result.model_dir)
     assert loaded.spec.norm == "batch" and loaded.spec.deep_supervision
+    # the final network's Dice with each window's own and with re-estimated statistics, per case
+    metrics = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(result.run_id).data.metrics
+    for mode in ("window", "precise"):
+        assert 0 <= metrics[BN_MODE_DICE_MEAN[mode]] <= 1
+        cases = [k for k in metrics if k.startswith(BN_MODE_CASE_DICE[mode] + "/")]
+        assert len(cases) == len([k for k in metrics if k.startswith(BN_MODE_CASE_DICE["running"] + "/")]) > 0
 
 
 def test_training_and_validation_cases_are_mlflow_dataset_inputs(trained):

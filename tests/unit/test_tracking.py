@@ -1,4 +1,6 @@
 """medseg.tracking: the Tracker's MLflow writes."""
+from pathlib import Path
+
 from tests.conftest import fresh_store
 
 
@@ -27,3 +29,24 @@ def test_a_dataset_logged_by_two_runs_at_once_is_retried(tmp_path, monkeypatch):
     assert len(calls) == 2
     (inp,) = second.client.get_run(second.run_id).inputs.dataset_inputs
     assert inp.dataset.digest == "digest1"
+
+
+def test_git_provenance_names_the_commit_or_says_why_it_cannot(monkeypatch):
+    import subprocess
+
+    from medseg import tracking
+    here = tracking.git_provenance()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(tracking.__file__).parent, capture_output=True,
+                          text=True)
+    if head.returncode == 0:  # a git checkout (CI's clean clone, a developer's tree)
+        assert here["git_commit"] == head.stdout.strip() and here["git_dirty"] in ("true", "false")
+        assert "git_unknown_reason" not in here
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert tracking.git_provenance() == {"git_commit": "unknown", "git_unknown_reason": "git is not installed"}
+    monkeypatch.undo()
+
+    def not_a_checkout(*args, **kwargs):
+        return subprocess.CompletedProcess(args, 128, "", "fatal: not a git repository (or any parent)")
+    monkeypatch.setattr(tracking.subprocess, "run", not_a_checkout)
+    out = tracking.git_provenance()
+    assert out["git_commit"] == "unknown" and "not a git repository" in out["git_unknown_reason"]
