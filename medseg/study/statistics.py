@@ -7,14 +7,30 @@ and were validated on the same cases. For norms A and B at one batch size:
 * per (case, seed): d = Dice_A - Dice_B (Dice: mean over the foreground labels of the case);
 * per case: the mean of d over the seeds both norms have (cases are the resampled unit, and seeds
   on one case are not independent of each other);
-* the mean paired difference with a 95 % bootstrap confidence interval, cases resampled
-  (``scipy.stats.bootstrap``, BCa, 10,000 resamples, fixed random state). The interval is
-  conditional on the trained networks: it answers "would these networks differ on other cases",
-  not "would other training runs differ". The per-seed mean differences are reported beside it,
-  and whether every seed agrees in sign with the mean;
-* a paired Wilcoxon signed-rank test of the per-case differences (``scipy.stats.wilcoxon``,
-  two-sided), Holm-corrected across all comparisons of a table
+* **the primary interval treats training runs as a random effect** (:func:`random_effect_interval`):
+  the per-(seed, case) differences follow d = mu + u_seed + v_case + e, with seeds and cases crossed
+  random effects, fitted by REML with statsmodels' ``MixedLM`` (variance components). Its 95 %
+  interval for mu is mu_hat +- t * SE, t with Satterthwaite's degrees of freedom from the
+  components' mean squares, and its two-sided t-test gives the p-value. It answers "would other
+  training runs of these recipes differ on other cases", which is what a recommendation needs. It
+  needs at least :data:`MIN_SEEDS` seeds: with fewer, one cannot tell run-to-run noise from the
+  recipe, and the row says so ("these networks only");
+* the secondary, **fixed-network interval**: the per-case mean of d over seeds, 95 % bootstrap CI
+  with cases resampled (``scipy.stats.bootstrap``, BCa, 10,000 resamples, fixed random state),
+  and a paired Wilcoxon signed-rank test of those per-case differences (``scipy.stats.wilcoxon``,
+  two-sided). It holds the trained networks fixed: it answers "would these networks differ on other
+  cases". The per-seed mean differences are reported beside it;
+* both p-values Holm-corrected across all comparisons of a table, each family on its own
   (``statsmodels.stats.multitest.multipletests``, Holm 1979).
+
+Why a mixed model and not a hierarchical bootstrap: a study has 3 to 5 seeds per cell, and a
+bootstrap that resamples 5 seeds has 126 distinct resamples and a variance shrunk by (S - 1) / S;
+its percentile interval under-covers exactly when the seed variance matters. The mixed model's t
+interval carries the few seeds in its degrees of freedom (about S - 1 when seeds dominate, more when
+cases do). In the balanced grid of a paired comparison (every seed has every case) REML gives the
+classical two-way random-effects ANOVA estimates (Searle, Casella & McCulloch 1992, ch. 4), so
+the interval is the textbook one; ``tests/unit/study/test_statistics.py`` checks its coverage by
+simulation.
 
 The same statistics compare one norm at a smaller batch size with itself at the sweep's largest
 (:func:`batch_size_table`, its own Holm family): for one seed those children are paired too; and
@@ -23,19 +39,20 @@ largest (:func:`interaction_table`, a difference in differences, its own Holm fa
 A secondary table (:func:`label_table`, its own Holm family) repeats the reference norm's
 comparisons on each foreground label's Dice alone.
 
-Two norms *tie* when the interval contains 0 (the which-norm table's rule). The verdict of a
-comparison refines it with the test, the seeds and a margin m of negligible difference
-(:data:`medseg.study.rules.NEGLIGIBLE`):
+Two norms *tie* when the primary interval (the random-effect one, or with fewer than
+:data:`MIN_SEEDS` seeds the fixed-network one) contains 0 (the which-norm table's rule). The verdict
+of a comparison refines it with that interval's Holm-corrected test and a margin m of negligible
+difference (:data:`medseg.study.rules.NEGLIGIBLE`):
 
-* ``A better``: the CI excludes 0, the Holm p is below ALPHA and every seed agrees in sign (with
-  "by less than m" when the whole CI lies within +-m);
-* ``suggestive: A better (...)``: the CI excludes 0 but the Holm p or a seed does not agree;
+* ``A better``: the CI excludes 0 and the Holm p is below ALPHA (on the fixed-network path also:
+  every seed agrees in sign) (with "by less than m" when the whole CI lies within +-m);
+* ``suggestive: A better (...)``: the CI excludes 0 but the Holm p (or a seed) does not agree;
 * ``no practical difference``: the CI contains 0 and lies within +-m;
 * ``cannot tell``: the CI contains 0 and reaches beyond +-m;
 
-with the Holm p beside a tie that the test calls significant. The CI and the test answer slightly
-different questions (the mean difference vs the symmetry of the per-case differences about 0),
-and a reader should see both.
+with the Holm p beside a tie that the test calls significant, and ``(these networks only)`` after
+a verdict that could not include seed variation. On the random-effect path the CI is unadjusted
+and the test is Holm-adjusted, so they can disagree; the verdict follows both as above.
 """
 from __future__ import annotations
 
@@ -50,7 +67,9 @@ from medseg.study.rules import NEGLIGIBLE
 CONFIDENCE = 0.95
 N_RESAMPLES = 10_000
 RANDOM_STATE = 0
-ALPHA = 0.05  # significance level of the Holm-corrected Wilcoxon test
+ALPHA = 0.05  # significance level of the Holm-corrected tests
+MIN_SEEDS = 3  # seeds a random-effect interval needs (with 2, the seed variance has 1 degree of freedom)
+THESE_NETWORKS_ONLY = "these networks only"  # a verdict that could not include run-to-run variation
 
 
 def case_dice(per_case: dict[tuple[str, str], float]) -> dict[str, float]:
@@ -88,12 +107,105 @@ def cell_case_means(seeds: dict[int, dict[str, float]]) -> np.ndarray:
     return np.array([np.mean([seeds[s][c] for s in seeds]) for c in cases], dtype=float)
 
 
+@dataclass(frozen=True)
+class RandomEffectInterval:
+    """The mean of a (seeds, cases) grid with seeds and cases as crossed random effects.
+
+    Attributes:
+        mean: the estimated mean mu (Dice units).
+        low, high: its 95 % interval (t with ``df`` degrees of freedom).
+        p: two-sided t-test of mu = 0.
+        df: Satterthwaite's degrees of freedom.
+        seed_sd, case_sd, residual_sd: the REML standard deviations of the seed and case effects and
+            of the residual (Dice units).
+    """
+
+    mean: float
+    low: float
+    high: float
+    p: float
+    df: float
+    seed_sd: float
+    case_sd: float
+    residual_sd: float
+
+    @classmethod
+    def missing(cls, mean: float = math.nan) -> "RandomEffectInterval":
+        """No interval (fewer than :data:`MIN_SEEDS` seeds, or nothing to fit)."""
+        return cls(mean, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan)
+
+
+def random_effect_interval(grid: np.ndarray, confidence: float = CONFIDENCE) -> RandomEffectInterval:
+    """Mean of ``grid`` (seeds, cases) with a confidence interval that resamples both training runs
+    and cases: y[s, c] = mu + u_s + v_c + e_sc, u ~ N(0, seed_sd^2), v ~ N(0, case_sd^2) crossed,
+    fitted by REML (statsmodels ``MixedLM`` with variance components; see the module docstring).
+
+    SE(mu) is the model's; the degrees of freedom are Satterthwaite's for
+    Var(mu) = (MS_seed + MS_case - MS_resid) / (S C), with the mean squares rebuilt from the REML
+    components (MS_seed = C seed_sd^2 + resid^2, MS_case = S case_sd^2 + resid^2, MS_resid = resid^2).
+
+    Args:
+        grid: (S, C) values, S >= :data:`MIN_SEEDS` seeds by C >= 2 cases, all finite.
+        confidence: of the interval.
+
+    Returns:
+        the interval; :meth:`RandomEffectInterval.missing` with fewer seeds or cases. A grid
+        without variation gives the mean as its interval (p 1 when it is 0, else 0).
+
+    Raises:
+        ValueError: ``grid`` is not 2-D or holds NaN/Inf.
+    """
+    grid = np.asarray(grid, dtype=float)
+    if grid.ndim != 2 or not np.all(np.isfinite(grid)):
+        raise ValueError(f"random_effect_interval needs a finite (seeds, cases) grid, got shape {grid.shape}")
+    n_seeds, n_cases = grid.shape
+    mean = float(grid.mean()) if grid.size else math.nan
+    if n_seeds < MIN_SEEDS or n_cases < 2:
+        return RandomEffectInterval.missing(mean)
+    if np.ptp(grid) == 0:
+        return RandomEffectInterval(mean, mean, mean, 1.0 if mean == 0 else 0.0, math.inf, 0.0, 0.0, 0.0)
+    import warnings
+
+    import pandas as pd
+    from statsmodels.regression.mixed_linear_model import MixedLM
+    data = pd.DataFrame({"y": grid.ravel(), "seed": np.repeat(np.arange(n_seeds), n_cases),
+                         "case": np.tile(np.arange(n_cases), n_seeds), "all": 0})
+    with warnings.catch_warnings():  # a component at 0 (its boundary) warns (convergence, singular
+        warnings.simplefilter("ignore")  # covariance); the estimate is still REML's, truncated at 0
+        model = MixedLM.from_formula("y ~ 1", data, groups="all", re_formula="0",
+                                     vc_formula={"seed": "0 + C(seed)", "case": "0 + C(case)"})
+        fit = model.fit(reml=True)
+    components = dict(zip(model.exog_vc.names, np.maximum(np.asarray(fit.vcomp, dtype=float), 0.0)))
+    resid2 = float(fit.scale)
+    ms = np.array([n_cases * components["seed"] + resid2, n_seeds * components["case"] + resid2, resid2])
+    dfs = np.array([n_seeds - 1, n_cases - 1, (n_seeds - 1) * (n_cases - 1)], dtype=float)
+    combined = ms[0] + ms[1] - ms[2]
+    df = float(combined ** 2 / np.sum(ms ** 2 / dfs)) if combined > 0 else float(n_seeds - 1)
+    mu, se = float(fit.fe_params.iloc[0]), float(fit.bse_fe.iloc[0])
+    half = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
+    p = float(2 * stats.t.sf(abs(mu) / se, df)) if se > 0 else (1.0 if mu == 0 else 0.0)
+    return RandomEffectInterval(mu, mu - half, mu + half, p, df, math.sqrt(components["seed"]),
+                                math.sqrt(components["case"]), math.sqrt(resid2))
+
+
+def seed_case_grid(seeds: dict[int, dict[str, float]]) -> np.ndarray:
+    """``{seed: {case: value}}`` -> (seeds, cases) array over the cases every seed has (both sorted)."""
+    if not seeds:
+        return np.zeros((0, 0))
+    cases = sorted(set.intersection(*(set(v) for v in seeds.values())))
+    return np.array([[seeds[s][c] for c in cases] for s in sorted(seeds)], dtype=float).reshape(len(seeds), len(cases))
+
+
 @dataclass
 class Comparison:
     """One paired comparison (differences are A - B, in Dice): two norms at one batch size; or, when
     ``batch_size_b`` is set, A at ``batch_size`` against B at ``batch_size_b``: one norm against
     itself (``norm_a == norm_b``, :func:`batch_size_table`), or the difference ``norm_a - norm_b``
-    at the two batch sizes (:func:`interaction_table`)."""
+    at the two batch sizes (:func:`interaction_table`).
+
+    ``ci_low``/``ci_high``/``p_value``/``p_holm`` are the fixed-network interval and Wilcoxon test;
+    ``re_*`` and ``seed_sd`` the random-effect interval, its t-test and the seed SD
+    (:func:`random_effect_interval`). :attr:`random_effect` says which one the verdict uses."""
 
     batch_size: int
     norm_a: str
@@ -109,6 +221,27 @@ class Comparison:
     per_seed: tuple[float, ...] = ()
     margin: float = NEGLIGIBLE
     label: str | None = None  # set in the per-label table: Dice of this label only
+    re_low: float = math.nan
+    re_high: float = math.nan
+    re_p: float = math.nan
+    re_p_holm: float = math.nan
+    re_df: float = math.nan
+    seed_sd: float = math.nan
+
+    @property
+    def random_effect(self) -> bool:
+        """The random-effect interval exists (at least :data:`MIN_SEEDS` seeds): the verdict uses it."""
+        return math.isfinite(self.re_low)
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """The primary 95 % interval: random-effect when it exists, else fixed-network."""
+        return (self.re_low, self.re_high) if self.random_effect else (self.ci_low, self.ci_high)
+
+    @property
+    def holm_p(self) -> float:
+        """The Holm-corrected p-value of the primary interval's test (mixed-model t, or Wilcoxon)."""
+        return self.re_p_holm if self.random_effect else self.p_holm
 
     @property
     def seeds_agree(self) -> bool:
@@ -125,13 +258,14 @@ class Comparison:
 
     @property
     def tie(self) -> bool:
-        """The confidence interval contains 0 (or there is nothing to compare)."""
-        return not (self.ci_low > 0 or self.ci_high < 0)
+        """The primary interval contains 0 (or there is nothing to compare)."""
+        low, high = self.interval
+        return not (low > 0 or high < 0)
 
     @property
     def significant(self) -> bool:
-        """The Holm-corrected Wilcoxon p-value is below ALPHA."""
-        return math.isfinite(self.p_holm) and self.p_holm < ALPHA
+        """The primary test's Holm-corrected p-value is below ALPHA."""
+        return math.isfinite(self.holm_p) and self.holm_p < ALPHA
 
     @property
     def agree(self) -> bool:
@@ -141,16 +275,23 @@ class Comparison:
     @property
     def verdict(self) -> str:
         """The comparison's conclusion (module docstring), for example ``group better``,
-        ``suggestive: instance better (Holm p 0.097)`` or ``no practical difference``."""
+        ``suggestive: instance better (Holm p 0.097)``, ``no practical difference`` or
+        ``instance better (these networks only)``."""
+        text = self._verdict()
+        return text if self.random_effect or text == "-" else f"{text} ({THESE_NETWORKS_ONLY})"
+
+    def _verdict(self) -> str:
         if not math.isfinite(self.mean_difference):
             return "-"
-        within = -self.margin <= self.ci_low and self.ci_high <= self.margin
+        low, high, p = *self.interval, self.holm_p
+        within = -self.margin <= low and high <= self.margin
         if self.tie:
             word = "no practical difference" if within else "cannot tell"
-            return word if self.agree or not math.isfinite(self.p_holm) else f"{word}, Holm p {self.p_holm:.2g}"
+            return word if self.agree or not math.isfinite(p) else f"{word}, Holm p {p:.2g}"
         winner = self.labels[0] if self.mean_difference > 0 else self.labels[1]
-        doubts = ([f"Holm p {self.p_holm:.2g}"] if math.isfinite(self.p_holm) and not self.significant else
-                  [] if math.isfinite(self.p_holm) else ["no test"]) + (["seeds disagree"] if not self.seeds_agree else [])
+        seeds = [] if self.random_effect or self.seeds_agree else ["seeds disagree"]
+        doubts = ([f"Holm p {p:.2g}"] if math.isfinite(p) and not self.significant else
+                  [] if math.isfinite(p) else ["no test"]) + seeds
         if doubts:
             return f"suggestive: {winner} better ({', '.join(doubts)})"
         return f"{winner} better" + (f" by less than {self.margin:g}" if within else "")
@@ -160,8 +301,8 @@ class Comparison:
         if self.label is None:
             del d["label"]
         d["per_seed"] = " ".join(f"{v:+.4f}" for v in self.per_seed)
-        return {**d, "seeds_agree": self.seeds_agree, "tie": self.tie, "significant": self.significant,
-                "verdict": self.verdict}
+        return {**d, "seeds_agree": self.seeds_agree, "random_effect": self.random_effect, "tie": self.tie,
+                "significant": self.significant, "verdict": self.verdict}
 
 
 def per_seed_differences(a: dict[int, dict[str, float]], b: dict[int, dict[str, float]]) -> tuple[float, ...]:
@@ -214,10 +355,12 @@ def _compare(specs: list[tuple[dict, Seeds, Seeds]], margin: float) -> list[Comp
     for ident, a, b in specs:
         d = paired_case_differences(a, b)
         mean, lo, hi, p = compare(d)
+        re = random_effect_interval(seed_case_grid(_difference(a, b))) if d.size else RandomEffectInterval.missing()
         rows.append(Comparison(**ident, seeds=len(set(a) & set(b)), cases=int(d.size), mean_difference=mean,
-                               ci_low=lo, ci_high=hi, p_value=p, per_seed=per_seed_differences(a, b), margin=margin))
-    for row, p in zip(rows, holm([r.p_value for r in rows])):
-        row.p_holm = p
+                               ci_low=lo, ci_high=hi, p_value=p, per_seed=per_seed_differences(a, b), margin=margin,
+                               re_low=re.low, re_high=re.high, re_p=re.p, re_df=re.df, seed_sd=re.seed_sd))
+    for row, p, p_re in zip(rows, holm([r.p_value for r in rows]), holm([r.re_p for r in rows])):
+        row.p_holm, row.re_p_holm = p, p_re
     return rows
 
 

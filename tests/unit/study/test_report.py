@@ -177,7 +177,8 @@ def test_medseg_report_takes_the_negligible_difference_from_the_command_line(syn
     from medseg.cli import app
     uri, _ = synthetic_store
     # instance - batch alternates +-0.01 by case: its CI contains 0 and lies within +-0.05, not +-0.001
-    for margin, verdict in (("0.05", "no practical difference"), ("0.001", "cannot tell")):
+    for margin, verdict in (("0.05", "no practical difference (these networks only)"),
+                            ("0.001", "cannot tell (these networks only)")):
         out = tmp_path / margin
         result = CliRunner().invoke(app, ["report", "--experiment", "study-test", "--tracking-uri", uri, "--no-log",
                                           "--output", str(out), "--negligible", margin])
@@ -204,7 +205,7 @@ def test_which_norm_never_calls_worse_a_norm_that_beats_the_best_on_the_shared_s
                               1: {c: 0.90 + 0.001 * i for i, c in enumerate(cases)}},
             ("group", 2): {0: {c: 0.75 + 0.002 * i for i, c in enumerate(cases)}}}
     table = pairwise_table(dice, ["instance", "group"])
-    assert table[0].verdict == "group better"
+    assert table[0].verdict == "group better (these networks only)"
     summary = [{"batch_size": 2, "norm": "instance", "case_dice_mean": 0.8045},
                {"batch_size": 2, "norm": "group", "case_dice_mean": 0.759}]
     row = which_norm(summary, table)[0]

@@ -37,19 +37,37 @@ def _comparison(ci_low: float, ci_high: float, p_holm: float, per_seed: tuple[fl
 
 
 def test_the_verdict_combines_the_interval_the_holm_p_the_seeds_and_the_margin():
-    assert _comparison(0.004, 0.022, 0.001).verdict == "instance better"
-    assert _comparison(-0.022, -0.004, 0.001, (-0.02, -0.01)).verdict == "group better"
-    assert _comparison(0.002, 0.008, 0.001).verdict == "instance better by less than 0.01"
+    """With 2 seeds (no random-effect interval) the fixed-network interval, its Holm p and the seeds
+    decide, and the verdict says "these networks only"."""
+    only = " (these networks only)"
+    assert _comparison(0.004, 0.022, 0.001).verdict == "instance better" + only
+    assert _comparison(-0.022, -0.004, 0.001, (-0.02, -0.01)).verdict == "group better" + only
+    assert _comparison(0.002, 0.008, 0.001).verdict == "instance better by less than 0.01" + only
     # the case of the first MRI sitting: interval above 0, Holm p 0.097
-    assert _comparison(0.002, 0.012, 0.097).verdict == "suggestive: instance better (Holm p 0.097)"
-    assert _comparison(0.002, 0.012, 0.001, (0.015, -0.001)).verdict == "suggestive: instance better (seeds disagree)"
-    assert _comparison(-0.004, 0.006, 0.6).verdict == "no practical difference"
-    assert _comparison(-0.004, 0.016, 0.6).verdict == "cannot tell"
-    assert _comparison(-0.001, 0.012, 0.01).verdict == "cannot tell, Holm p 0.01"
+    assert _comparison(0.002, 0.012, 0.097).verdict == "suggestive: instance better (Holm p 0.097)" + only
+    assert _comparison(0.002, 0.012, 0.001, (0.015, -0.001)).verdict == ("suggestive: instance better (seeds disagree)"
+                                                                         + only)
+    assert _comparison(-0.004, 0.006, 0.6).verdict == "no practical difference" + only
+    assert _comparison(-0.004, 0.016, 0.6).verdict == "cannot tell" + only
+    assert _comparison(-0.001, 0.012, 0.01).verdict == "cannot tell, Holm p 0.01" + only
     # no test (one case): the CI alone does not make a winner
-    assert _comparison(0.002, 0.022, math.nan).verdict == "suggestive: instance better (no test)"
+    assert _comparison(0.002, 0.022, math.nan).verdict == "suggestive: instance better (no test)" + only
     # a seed at exactly 0 does not agree with a positive mean
-    assert _comparison(0.004, 0.022, 0.001, (0.02, 0.0)).verdict == "suggestive: instance better (seeds disagree)"
+    assert _comparison(0.004, 0.022, 0.001, (0.02, 0.0)).verdict == ("suggestive: instance better (seeds disagree)"
+                                                                     + only)
+
+
+def test_with_a_random_effect_interval_the_verdict_follows_it_and_its_holm_p():
+    def re(low, high, p_holm, per_seed=(0.01, 0.02, 0.01)):
+        fixed = dict(ci_low=0.004, ci_high=0.022, p_holm=0.001)  # what the fixed-network path would call a win
+        return Comparison(2, "instance", "group", seeds=3, cases=26, mean_difference=0.013, p_value=0.0003,
+                          per_seed=per_seed, margin=0.01, re_low=low, re_high=high, re_p=p_holm / 3,
+                          re_p_holm=p_holm, seed_sd=0.005, **fixed)
+    assert re(0.002, 0.024, 0.003).verdict == "instance better"
+    assert re(0.002, 0.024, 0.003, per_seed=(0.03, -0.001, 0.01)).verdict == "instance better"  # seeds are in the CI
+    assert re(-0.003, 0.029, 0.2).verdict == "cannot tell"  # the fixed-network interval excluded 0
+    assert re(0.001, 0.025, 0.08).verdict == "suggestive: instance better (Holm p 0.08)"
+    assert re(-0.003, 0.029, 0.2).interval == (-0.003, 0.029) and re(-0.003, 0.029, 0.2).holm_p == 0.2
 
 
 CASES12 = [f"c{i}" for i in range(12)]
@@ -87,7 +105,7 @@ def test_the_batch_size_table_compares_each_norm_with_itself_at_the_largest_batc
     ci = stats.bootstrap((d,), np.mean, n_resamples=10_000, method="BCa", random_state=0).confidence_interval
     assert (bn1.ci_low, bn1.ci_high) == (pytest.approx(ci.low, abs=1e-12), pytest.approx(ci.high, abs=1e-12))
     assert bn1.p_value == pytest.approx(stats.wilcoxon(d).pvalue, rel=1e-9)
-    assert bn1.verdict == "batch size 4 better"
+    assert bn1.verdict == "batch size 4 better (these networks only)"  # 2 seeds
     assert bn1.per_seed == pytest.approx((-0.041, -0.041), abs=1e-12) and bn1.seeds_agree
     assert rows[("instance", 1)].tie and rows[("batch", 2)].mean_difference == pytest.approx(0, abs=1e-12)
     assert batch_size_table({k: v for k, v in table.items() if k[1] == 4}, ["instance", "batch"]) == []
@@ -105,7 +123,7 @@ def test_the_interaction_table_is_the_difference_in_differences_against_the_refe
     d = np.array([-(0.03 + 0.002 * int(c[1:])) - 0.005 * (-1) ** int(c[1:]) for c in sorted(CASES12)])
     assert one.mean_difference == pytest.approx(-0.041, abs=1e-12) == pytest.approx(d.mean(), abs=1e-12)
     assert one.p_value == pytest.approx(stats.wilcoxon(d).pvalue, rel=1e-9)
-    assert one.verdict == "batch size 4 better"  # batch norm does worse against instance norm at batch 1
+    assert one.verdict == "batch size 4 better (these networks only)"  # 2 seeds; batch norm does worse against instance norm at batch 1
     assert rows[2].mean_difference == pytest.approx(0, abs=1e-12)
     assert interaction_table(_cells(), ["instance", "batch"], "group") == []
 
@@ -130,6 +148,76 @@ def test_the_label_table_compares_the_reference_with_each_norm_on_each_label_alo
     # one Holm family over the whole table, every label (the three zero rows have p = 1)
     assert [c.p_holm for c in table] == pytest.approx(holm([c.p_value for c in table]))
     assert bone1.p_holm == pytest.approx(min(1.0, 4 * bone1.p_value), rel=1e-9)
-    assert bone1.verdict == "instance better" and all(c.tie for c in table[1:])
+    assert bone1.verdict == "instance better (these networks only)" and all(c.tie for c in table[1:])
     assert "label" in bone1.to_dict() and bone1.to_dict()["label"] == "bone"
     assert label_table(dice, ["instance", "batch"], "group") == []
+
+
+def _crossed(rng, seeds: int, cases: int, mu: float, seed_sd: float, case_sd: float, resid_sd: float) -> np.ndarray:
+    """A (seeds, cases) grid of paired differences with known mean and crossed seed and case effects."""
+    return (mu + rng.normal(0, seed_sd, (seeds, 1)) + rng.normal(0, case_sd, (1, cases))
+            + rng.normal(0, resid_sd, (seeds, cases)))
+
+
+def test_the_random_effect_interval_covers_the_true_difference_and_the_fixed_network_one_does_not():
+    """Simulated studies with a known difference (0.01) and seed variation about as large as the case
+    variation, 5 seeds x 40 cases (the MRI arm's design). The random-effect 95 % interval covers the
+    truth in 95 % of 300 repetitions up to sampling: the binomial SE of a coverage over 300 is
+    sqrt(0.95 * 0.05 / 300) = 0.0126, and the test accepts 3 SE (0.912 to 0.988). The fixed-network
+    interval (cases resampled, seeds averaged) misses the seed term; its expected coverage here is
+    P(|Z| < 1.96 * sqrt(2.45 / 10.45)) = 0.65, and 0.80 is 3 SE (100 repetitions) above that."""
+    from medseg.study.statistics import random_effect_interval
+    rng, mu = np.random.default_rng(20261204), 0.01
+    covered = fixed = 0
+    for i in range(300):
+        grid = _crossed(rng, 5, 40, mu, seed_sd=0.02, case_sd=0.03, resid_sd=0.02)
+        re = random_effect_interval(grid)
+        covered += re.low <= mu <= re.high
+        if i < 100:
+            _, lo, hi, _ = compare(grid.mean(axis=0))
+            fixed += lo <= mu <= hi
+    assert 0.912 <= covered / 300 <= 0.988
+    assert fixed / 100 <= 0.80
+
+
+def test_the_random_effect_interval_on_a_hand_checkable_grid():
+    """3 seeds x 4 cases, balanced: REML equals the two-way random-effects ANOVA, worked out here
+    from the mean squares (Searle et al. 1992): SE^2 = (MS_seed + MS_case - MS_resid) / (S C) and
+    Satterthwaite's degrees of freedom."""
+    from scipy import stats
+
+    from medseg.study.statistics import random_effect_interval
+    grid = np.array([[0.02, 0.05, 0.01, 0.04],
+                     [0.00, 0.03, -0.01, 0.03],
+                     [0.05, 0.06, 0.03, 0.07]])
+    n_s, n_c = grid.shape
+    res = grid - grid.mean(1, keepdims=True) - grid.mean(0, keepdims=True) + grid.mean()
+    ms_s, ms_c = n_c * grid.mean(1).var(ddof=1), n_s * grid.mean(0).var(ddof=1)
+    ms_e = (res ** 2).sum() / ((n_s - 1) * (n_c - 1))
+    se = math.sqrt((ms_s + ms_c - ms_e) / (n_s * n_c))
+    df = (ms_s + ms_c - ms_e) ** 2 / (ms_s ** 2 / (n_s - 1) + ms_c ** 2 / (n_c - 1) + ms_e ** 2 / ((n_s - 1) * (n_c - 1)))
+    half = stats.t.ppf(0.975, df) * se
+    re = random_effect_interval(grid)
+    assert re.mean == pytest.approx(grid.mean(), abs=1e-9)
+    # REML's optimizer stops within about 1e-6 relative of the optimum: 1e-4 leaves room for that
+    assert (re.low, re.high) == pytest.approx((grid.mean() - half, grid.mean() + half), rel=1e-4)
+    assert re.df == pytest.approx(df, rel=1e-4)
+    assert re.seed_sd == pytest.approx(math.sqrt((ms_s - ms_e) / n_c), rel=1e-3)
+    assert re.p == pytest.approx(2 * stats.t.sf(grid.mean() / se, df), rel=1e-3)
+
+
+def test_fewer_than_three_seeds_give_no_random_effect_interval_and_the_verdict_says_these_networks_only():
+    from medseg.study.statistics import MIN_SEEDS, THESE_NETWORKS_ONLY, pairwise_table, random_effect_interval
+    assert MIN_SEEDS == 3
+    assert math.isnan(random_effect_interval(np.ones((2, 10)) * 0.1 + np.arange(10) * 0.01).low)
+    rng = np.random.default_rng(0)
+    cases = [f"c{i}" for i in range(20)]
+
+    def cell(offset, seeds):
+        return {s: {c: 0.8 + offset + 0.01 * rng.normal() for c in cases} for s in seeds}
+    two = pairwise_table({("instance", 1): cell(0.05, (0, 1)), ("batch", 1): cell(0.0, (0, 1))}, ["instance", "batch"])
+    five = pairwise_table({("instance", 1): cell(0.05, range(5)), ("batch", 1): cell(0.0, range(5))},
+                          ["instance", "batch"])
+    assert not two[0].random_effect and two[0].verdict == f"instance better ({THESE_NETWORKS_ONLY})"
+    assert five[0].random_effect and five[0].verdict == "instance better"
+    assert five[0].interval == (five[0].re_low, five[0].re_high) and five[0].seed_sd >= 0
