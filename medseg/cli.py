@@ -365,28 +365,36 @@ def _uri(uri: str | None) -> str:
 
 
 def _summary_table(report: dict) -> Table:
-    table = Table(title=f"sweep {report['sweep_id']}: final models; CI over cases, ± std over seeds "
-                        f"({report['converged']}/{len(report['rows'])} children converged)")
-    for col in ("norm", "batch size", "seeds", "converged", "final Dice [95 % CI]", "best-epoch Dice", "s/it",
-                "peak MB", "BN gap"):
-        table.add_column(col)
     from medseg.study.report import mean_std
+    from medseg.study.statistics import THESE_NETWORKS_ONLY
+    rising = sum(r["still_rising"] for r in report["rows"])
+    table = Table(title=f"sweep {report['sweep_id']}: final models; primary CI with seeds as a random effect, "
+                        f"± std over seeds ({report['converged']}/{len(report['rows'])} children met the plateau "
+                        f"rule, {rising} still rising over the last third)")
+    for col in ("norm", "batch", "seeds", "plateau rule", "still rising", "final Dice [95 % CI, seeds random]",
+                "seed SD", "95 % CI, these networks", "s/it"):
+        table.add_column(col)
     for s in report["summary"]:
-        ci = (f"{s['case_dice_mean']:.3f} [{s['case_dice_ci_low']:.3f}, {s['case_dice_ci_high']:.3f}]"
-              if math.isfinite(s["case_dice_mean"]) else "-")
-        table.add_row(s["norm"], str(s["batch_size"]), str(s["seeds"]), f"{s['converged']}/{s['seeds']}", ci,
-                      *(mean_std(s, k, f) for k, f in (("best_dice_mean", ".3f"), ("seconds_per_iteration", ".3f"),
-                                                         ("peak_memory_mb", ".0f"), ("bn_batch_stats_gap", "+.3f"))))
+        m = s["case_dice_mean"]
+        random = ("-" if not math.isfinite(m) else f"{m:.3f} [{THESE_NETWORKS_ONLY}]"
+                  if not math.isfinite(s["case_dice_re_low"]) else
+                  f"{m:.3f} [{s['case_dice_re_low']:.3f}, {s['case_dice_re_high']:.3f}]")
+        fixed = (f"[{s['case_dice_ci_low']:.3f}, {s['case_dice_ci_high']:.3f}]" if math.isfinite(m) else "-")
+        sd = f"{s['seed_sd']:.3f}" if math.isfinite(s["seed_sd"]) else "-"
+        table.add_row(s["norm"], str(s["batch_size"]), str(s["seeds"]), f"{s['converged']}/{s['seeds']}",
+                      f"{s['still_rising']}/{s['seeds']}", random, sd, fixed,
+                      mean_std(s, "seconds_per_iteration", ".3f"))
     return table
 
 
 def _which_norm_table(report: dict) -> Table:
     """The report's answer: per batch size, the norm with the highest final Dice and the ones tied with it."""
-    table = Table(title="which norm at which batch size (tie: the paired 95 % CI contains 0; * see summary.md)")
-    for col in ("batch size", "highest final Dice", "tied with it", "worse"):
+    table = Table(title="which norm at which batch size (tie: the paired 95 % CI, seeds as a random effect, "
+                        "contains 0; * see summary.md)")
+    for col in ("batch size", "highest final Dice", "tied with it", "worse", "interval"):
         table.add_column(col)
     for r in report["which_norm"]:
-        table.add_row(str(r["batch_size"]), r["best"], r["tied_with_best"], r["worse"])
+        table.add_row(str(r["batch_size"]), r["best"], r["tied_with_best"], r["worse"], r["interval"])
     return table
 
 

@@ -34,6 +34,9 @@ import numpy as np
 from medseg.atomic import atomic_write_text, write_csv
 from medseg.errors import MedsegError
 from medseg.keys import (
+    BN_MODE_CASE_DICE,
+    BN_MODE_DICE_MEAN,
+    BN_MODES,
     BATCH_DEPENDENCE_EVAL,
     BATCH_DEPENDENCE_TRAIN,
     BEST_DICE_MEAN,
@@ -50,17 +53,21 @@ from medseg.keys import (
 )
 from medseg.norm_registry import NORMS
 from medseg.study.rules import NEGLIGIBLE, PLATEAU_DELTA, UNLEARNED_LABEL_DICE
-from medseg.study.statistics import (ALPHA, Comparison, batch_size_table, case_dice, cell_case_means,
-                                     interaction_table, label_table, mean_ci, pairwise_table)
+from medseg.study.statistics import (ALPHA, BN_PRECISE, BN_WINDOW, MIN_SEEDS, THESE_NETWORKS_ONLY, Comparison,
+                                     batch_size_table, case_dice, cell_case_means, inference_statistics_table,
+                                     interaction_table, label_table, mean_ci, pairwise_table, random_effect_interval,
+                                     seed_case_grid)
 from medseg.tracking import Tracker
 
 SUMMARY_METRICS = ("final_dice_mean", "last_third_gain", "best_dice_mean", "hd95_mean", "seconds_per_iteration",
                    "patches_per_second",
                    "peak_memory_mb", "final_train_loss", "bn_batch_stats_gap", "batch_dependence_train",
-                   "batch_dependence_eval")
+                   "batch_dependence_eval", "bn_window_dice_mean", "bn_precise_dice_mean")
 NORM_ORDER = NORMS
 SWEEP_COLUMN = "sweep"  # the column naming each row's sweep in reports over several sweeps
-TABLES = ("pairwise", "batch_size_effect", "interaction", "per_label")  # the comparison tables, in report order
+TABLES = ("pairwise", "batch_size_effect", "interaction", "per_label", "inference_statistics")  # in report order
+ROW_DETAIL = ("curve", "cases", "bn_mode_cases")  # a child row's nested data, left out of runs.csv
+BN_MODE_NAMES = {"window": BN_WINDOW, "precise": BN_PRECISE}  # a BN inference mode -> its name in the tables
 
 
 def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -85,12 +92,13 @@ def find_sweep(client, experiment: str, sweep_id: str | None = None):
     return exp.experiment_id, parents[0]
 
 
-def per_case_dice(metrics: dict[str, float]) -> dict[tuple[str, str], float]:
-    """``{(case, label): Dice}`` of the final model from a run's metrics."""
+def per_case_dice(metrics: dict[str, float], prefix: str = FINAL_CASE_DICE) -> dict[tuple[str, str], float]:
+    """``{(case, label): Dice}`` of the final model from a run's metrics (``prefix``: another way of
+    inferring it, :data:`medseg.keys.BN_MODE_CASE_DICE`)."""
     out = {}
     for k, v in metrics.items():
         parts = k.split("/")
-        if len(parts) == 3 and parts[0] == FINAL_CASE_DICE:
+        if len(parts) == 3 and parts[0] == prefix:
             out[(parts[1], parts[2])] = v
     return out
 
@@ -145,11 +153,12 @@ def collect_runs(client, experiment_id: str, sweep_id: str, plateau_delta: float
         gain, converged = plateau(curve, plateau_delta)
         third = last_third_gain(curve)
         cases = per_case_dice(m)
+        modes = {mode: per_case_dice(m, BN_MODE_CASE_DICE[mode]) for mode in BN_MODES if mode != "running"}
         row = {"run_id": run_id, "norm": p["model.norm"], "batch_size": bs, "seed": int(p["seed"]),
                "iterations": ipe * int(p["train.epochs"]), "samples": ipe * int(p["train.epochs"]) * bs,
                "lr": float(p["train.lr"]), "final_dice_mean": m.get(FINAL_DICE_MEAN, math.nan),
                "best_dice_mean": m.get(BEST_DICE_MEAN, math.nan), "last_gain": gain, "converged": converged,
-               "last_third_gain": third,
+               "last_third_gain": third, "still_rising": bool(third > plateau_delta),
                "hd95_mean": m.get("best_val_hd95_mean", math.nan),
                "seconds_per_iteration": float(np.mean([v for _, v in epochs])) if epochs else math.nan,
                "patches_per_second": float(np.mean([v for _, v in
@@ -159,7 +168,8 @@ def collect_runs(client, experiment_id: str, sweep_id: str, plateau_delta: float
                "bn_batch_stats_gap": m.get("best_bn_batch_stats_gap", math.nan),
                "batch_dependence_train": m.get(BATCH_DEPENDENCE_TRAIN, math.nan),
                "batch_dependence_eval": m.get(BATCH_DEPENDENCE_EVAL, math.nan),
-               "cases": cases, "curve": curve}
+               **{f"bn_{mode}_dice_mean": m.get(BN_MODE_DICE_MEAN[mode], math.nan) for mode in modes},
+               "cases": cases, "bn_mode_cases": {k: v for k, v in modes.items() if v}, "curve": curve}
         means = label_means(cases)
         row.update({f"final_dice_{label}": m for label, m in means.items()})
         row["unlearned_labels"] = " ".join(unlearned_labels(means))
@@ -205,6 +215,17 @@ def dice_by_cell(rows: list[dict]) -> dict[tuple[str, int], dict[int, dict[str, 
     return dict(out)
 
 
+def dice_by_inference_statistics(rows: list[dict]) -> dict[tuple[str, int], dict[int, dict[str, float]]]:
+    """:func:`dice_by_cell` of the batch- and instance-norm children, with each batch-norm child's
+    final network inferred with its window (:data:`BN_WINDOW`) and precise (:data:`BN_PRECISE`)
+    statistics as two more cells, where the child measured them."""
+    out = {k: v for k, v in dice_by_cell(rows).items() if k[0] in ("batch", "instance")}
+    for r in rows:
+        for mode, cases in r.get("bn_mode_cases", {}).items():
+            out.setdefault((BN_MODE_NAMES[mode], r["batch_size"]), {})[r["seed"]] = case_dice(cases)
+    return out
+
+
 def dice_by_label(rows: list[dict]) -> dict[str, dict[tuple[str, int], dict[int, dict[str, float]]]]:
     """``{label: {(norm, batch size): {seed: {case: final-model Dice of that label}}}}``."""
     out: dict = defaultdict(lambda: defaultdict(dict))
@@ -216,8 +237,11 @@ def dice_by_label(rows: list[dict]) -> dict[str, dict[tuple[str, int], dict[int,
 
 def summarize_runs(rows: list[dict]) -> list[dict]:
     """Per (norm, batch size): mean and sample standard deviation over seeds of each metric, the
-    final model's mean Dice with its 95 % bootstrap CI over cases (seeds averaged per case), and
-    how many seeds converged."""
+    final model's mean Dice with its random-effect 95 % interval (seeds and cases crossed,
+    :func:`~medseg.study.statistics.random_effect_interval`, with the seed SD; NaN with fewer than
+    :data:`~medseg.study.statistics.MIN_SEEDS` seeds) and its 95 % bootstrap CI over cases (seeds
+    averaged per case: these networks), how many seeds met the plateau rule and how many were still
+    rising over the last third."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["norm"], r["batch_size"])].append(r)
@@ -226,7 +250,7 @@ def summarize_runs(rows: list[dict]) -> list[dict]:
     out = []
     for (norm, bs), rs in groups.items():
         s = {"norm": norm, "batch_size": bs, "seeds": len(rs), "converged": sum(r["converged"] for r in rs),
-             "samples": rs[0]["samples"], "iterations": rs[0]["iterations"], "lr": rs[0]["lr"]}
+             "still_rising": sum(r["still_rising"] for r in rs), "samples": rs[0]["samples"], "iterations": rs[0]["iterations"], "lr": rs[0]["lr"]}
         for k in metrics:
             v = np.array([r.get(k, math.nan) for r in rs], dtype=float)
             v = v[np.isfinite(v)]
@@ -234,6 +258,8 @@ def summarize_runs(rows: list[dict]) -> list[dict]:
             s[f"{k}_std"] = float(v.std(ddof=1)) if v.size > 1 else math.nan
         cases = cell_case_means(by_cell[(norm, bs)]) if (norm, bs) in by_cell else np.array([])
         s["case_dice_mean"], s["case_dice_ci_low"], s["case_dice_ci_high"] = mean_ci(cases)
+        re = random_effect_interval(seed_case_grid(by_cell.get((norm, bs), {})))
+        s["case_dice_re_low"], s["case_dice_re_high"], s["seed_sd"] = re.low, re.high, re.seed_sd
         s["cases"] = int(cases.size)
         out.append(s)
     order = {n: i for i, n in enumerate(NORM_ORDER)}
@@ -259,21 +285,25 @@ def format_ci(m: float, lo: float, hi: float, fmt: str = ".3f") -> str:
 
 
 def markdown_table(summary: list[dict]) -> str:
-    """The summary as a Markdown table: the final model's Dice with its CI, seeds' mean ± std of
-    the other metrics, the best epoch's Dice beside (not ranked by)."""
+    """The summary as a Markdown table: the final model's Dice with its random-effect interval, the
+    seed SD and the fixed-network CI, seeds' mean ± std of the other metrics, the best epoch's Dice
+    beside (not ranked by)."""
     classes = sorted({k[:-5] for s in summary for k in s if k.startswith("final_dice_") and k.endswith("_mean")
                       and k[:-5] not in SUMMARY_METRICS})
-    head = (["norm", "batch size", "seeds", "converged", "gain over the last third", "iterations", "lr",
-             "final Dice [95 % CI]",
-             "final Dice (± std over seeds)"] + [c.replace("final_dice_", "Dice ") for c in classes]
+    head = (["norm", "batch size", "seeds", "plateau rule (last interval)", "still rising (last third)",
+             "gain over the last third", "iterations", "lr", "final Dice [95 % CI, seeds random]", "seed SD",
+             "95 % CI, these networks", "final Dice (± std over seeds)"] + [c.replace("final_dice_", "Dice ")
+                                                                            for c in classes]
             + ["best-epoch Dice (biased)", "HD95 (mm, best epoch)", "s/iteration", "patches/s", "peak memory (MB)",
                "final loss", "BN batch-stats gap"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summary:
+        random = (format_ci(s["case_dice_mean"], s["case_dice_re_low"], s["case_dice_re_high"])
+                  if math.isfinite(s["case_dice_re_low"]) else
+                  f"{s['case_dice_mean']:.3f} [{THESE_NETWORKS_ONLY}]" if math.isfinite(s["case_dice_mean"]) else "-")
         cells = [s["norm"], str(s["batch_size"]), str(s["seeds"]), f"{s['converged']}/{s['seeds']}",
-                 mean_std(s, "last_third_gain", "+.3f"), str(s["iterations"]), f"{s['lr']:.3g}",
-                 format_ci(s["case_dice_mean"], s["case_dice_ci_low"],
-                                                            s["case_dice_ci_high"]),
+                 f"{s['still_rising']}/{s['seeds']}", mean_std(s, "last_third_gain", "+.3f"), str(s["iterations"]),
+                 f"{s['lr']:.3g}", random, _sd(s["seed_sd"]), _interval(s["case_dice_ci_low"], s["case_dice_ci_high"]),
                  mean_std(s, "final_dice_mean", ".3f")] + [mean_std(s, c, ".3f") for c in classes] + [
                  mean_std(s, "best_dice_mean", ".3f"), mean_std(s, "hd95_mean", ".2f"),
                  mean_std(s, "seconds_per_iteration", ".3f"), mean_std(s, "patches_per_second", ".1f"),
@@ -286,11 +316,23 @@ def markdown_table(summary: list[dict]) -> str:
 def _comparison_cells(c: Comparison) -> list[str]:
     """The statistics columns of a comparison table row (see _COMPARISON_HEAD)."""
     seeds = " / ".join(f"{v:+.3f}" for v in c.per_seed) if len(c.per_seed) > 1 else "-"
-    return [str(c.seeds), str(c.cases), format_ci(c.mean_difference, c.ci_low, c.ci_high, "+.3f"), seeds,
-            _p(c.p_value), _p(c.p_holm), c.verdict]
+    random = (format_ci(c.mean_difference, c.re_low, c.re_high, "+.3f") if c.random_effect
+              else f"{c.mean_difference:+.3f} [{THESE_NETWORKS_ONLY}]" if math.isfinite(c.mean_difference) else "-")
+    return [str(c.seeds), str(c.cases), _sd(c.seed_sd), random, _p(c.re_p), _p(c.re_p_holm),
+            _interval(c.ci_low, c.ci_high, "+.3f"), _p(c.p_value), _p(c.p_holm), seeds, c.verdict]
 
 
-_COMPARISON_HEAD = ["seeds", "cases", "mean Dice A - B [95 % CI]", "per seed", "Wilcoxon p", "Holm p", "verdict"]
+_COMPARISON_HEAD = ["seeds", "cases", "seed SD", "mean Dice A - B [95 % CI, seeds random]", "mixed-model p", "Holm p",
+                    "95 % CI, these networks", "Wilcoxon p", "Holm p (Wilcoxon)", "per seed", "verdict"]
+
+
+def _sd(x: float) -> str:
+    return "-" if not math.isfinite(x) else f"{x:.3f}"
+
+
+def _interval(lo: float, hi: float, fmt: str = ".3f") -> str:
+    """``"[0.833, 0.858]"`` (``"-"`` when not finite)."""
+    return "-" if not math.isfinite(lo) else f"[{format(lo, fmt)}, {format(hi, fmt)}]"
 
 
 def _comparison_markdown(table: list[Comparison], keys: dict[str, Callable[[Comparison], object]],
@@ -327,6 +369,15 @@ def interaction_markdown(table: list[Comparison]) -> str:
                                 "(norm - reference) at A minus at B [95 % CI]")
 
 
+def inference_statistics_markdown(table: list[Comparison]) -> str:
+    """The batch-norm inference-statistics rows (statistics.inference_statistics_table) as Markdown."""
+    if not table:
+        return ("No batch-norm child of this report measured its final network with other statistics (children "
+                "trained before medseg measured them, or no batch norm).\n")
+    return _comparison_markdown(table, {"batch size": lambda c: c.batch_size, "A": lambda c: c.norm_a,
+                                        "B": lambda c: c.norm_b})
+
+
 def label_markdown(table: list[Comparison]) -> str:
     """The per-label comparisons (statistics.label_table) as a Markdown table."""
     if not table:
@@ -343,8 +394,9 @@ def _p(p: float) -> str:
 def which_norm(summary: list[dict], table: list[Comparison]) -> list[dict]:
     """Per batch size: the norm with the highest final Dice, the norms tied with it (their paired CI
     against it contains 0) and the norms worse than it. A norm is starred (``group*``) when the
-    Holm-corrected Wilcoxon test disagrees with the interval (statistics.Comparison.agree), or, for
-    a worse norm, a seed disagrees in sign; and when, on the seeds both have, it beats the norm with
+    Holm-corrected test disagrees with the interval (statistics.Comparison.agree), or, for a worse
+    norm on the fixed-network path, a seed disagrees in sign; ``interval`` says whether every
+    comparison had the random-effect interval (``seeds random``) or not (``these networks only``); and when, on the seeds both have, it beats the norm with
     the highest mean (a partial store, where cells have different seeds), it is listed as tied."""
     out = []
     for bs in sorted({s["batch_size"] for s in summary}):
@@ -352,25 +404,27 @@ def which_norm(summary: list[dict], table: list[Comparison]) -> list[dict]:
         if not cells:
             continue
         best = max(cells, key=lambda s: s["case_dice_mean"])["norm"]
-        tied, worse = [], []
+        tied, worse, fixed = [], [], False
         for s in cells:
             if s["norm"] == best:
                 continue
             (c,) = [c for c in table if c.batch_size == bs and {c.norm_a, c.norm_b} == {best, s["norm"]}]
+            fixed = fixed or not c.random_effect
             best_wins = (c.norm_a == best) == (c.mean_difference > 0)
-            settled = c.agree and (c.tie or (c.seeds_agree and best_wins))
+            settled = c.agree and (c.tie or ((c.random_effect or c.seeds_agree) and best_wins))
             (tied if c.tie or not best_wins else worse).append(s["norm"] + ("" if settled else "*"))
         out.append({"batch_size": bs, "best": best, "tied_with_best": ", ".join(tied) or "-",
-                    "worse": ", ".join(worse) or "-"})
+                    "worse": ", ".join(worse) or "-", "interval": THESE_NETWORKS_ONLY if fixed else "seeds random"})
     return out
 
 
 def which_norm_markdown(rows: list[dict]) -> str:
-    lines = ["| batch size | highest final Dice | tied with it (CI contains 0) | worse (CI excludes 0) |",
-             "|---|---|---|---|"]
-    lines += [f"| {r['batch_size']} | {r['best']} | {r['tied_with_best']} | {r['worse']} |" for r in rows]
+    lines = ["| batch size | highest final Dice | tied with it (CI contains 0) | worse (CI excludes 0) | interval |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['batch_size']} | {r['best']} | {r['tied_with_best']} | {r['worse']} | {r['interval']} |"
+              for r in rows]
     if any("*" in r["tied_with_best"] + r["worse"] for r in rows):
-        lines += ["", f"\\* the Holm-corrected Wilcoxon test disagrees with the interval (Holm p < {ALPHA:g} for a "
+        lines += ["", f"\\* the Holm-corrected test disagrees with the interval (Holm p < {ALPHA:g} for a "
                   f"tie, Holm p ≥ {ALPHA:g} for a worse norm), a seed disagrees in sign, or (partial stores) it beats the "
                   "highest on the seeds both have: see the pairwise table."]
     return "\n".join(lines) + "\n"
@@ -407,9 +461,10 @@ def _errorbar_plot(ax, summary: list[dict], key: str, ylabel: str) -> None:
 
 def plot_paired_differences(pairwise: list[Comparison], reference: str, path: Path) -> Path | None:
     """Each norm's paired difference in final Dice from the ``reference`` norm at each batch size,
-    with its 95 % CI: unlike the
-    per-norm CIs of dice_vs_batch_size.png, these intervals pair the cases (and, by averaging per
-    case, the seeds), so they show differences the per-norm intervals hide.
+    with its primary 95 % interval (:attr:`~medseg.study.statistics.Comparison.interval`: seeds as a
+    random effect, or these networks only with fewer seeds): unlike the per-norm CIs of
+    dice_vs_batch_size.png, these intervals pair the cases and seeds, so they show differences the
+    per-norm intervals hide.
     Returns ``path``, or None when the sweep has one norm."""
     norms = [n for n in NORM_ORDER if any(n in (c.norm_a, c.norm_b) for c in pairwise)]
     if not norms:
@@ -423,14 +478,15 @@ def plot_paired_differences(pairwise: list[Comparison], reference: str, path: Pa
         sign = -1.0 if cs and cs[0].norm_a == ref else 1.0  # plot norm - ref
         x = np.array([c.batch_size for c in cs]) + (i - (len(others) - 1) / 2) * 0.06
         y = np.array([sign * c.mean_difference for c in cs])
-        bounds = np.array([sorted((sign * c.ci_low, sign * c.ci_high)) for c in cs]).reshape(-1, 2)
+        bounds = np.array([sorted((sign * c.interval[0], sign * c.interval[1])) for c in cs]).reshape(-1, 2)
         ax.errorbar(x, y, yerr=np.abs(bounds.T - y) if len(cs) else None, marker="o", capsize=4,
                     label=norm, color=f"C{NORM_ORDER.index(norm)}")
     ax.axhline(0, color=f"C{NORM_ORDER.index(ref)}", lw=1.5, label=f"{ref} (reference)")
-    ax.set_xlabel("batch size"), ax.set_ylabel(f"final mean Dice: norm - {ref} (paired, 95 % CI)")
+    ax.set_xlabel("batch size"), ax.set_ylabel(f"final mean Dice: norm - {ref} (paired, 95 % CI*)")
     ax.set_xticks(sorted({c.batch_size for c in pairwise})), ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_title(f"Paired difference from {ref} norm")
+    ax.set_title(f"Paired difference from {ref} norm\n* seeds as a random effect; with fewer than {MIN_SEEDS} "
+                 f"seeds, these networks only", fontsize=10)
     fig.tight_layout(), fig.savefig(path, dpi=110), plt.close(fig)
     return path
 
@@ -558,7 +614,8 @@ def write_report(folder: Path, rows: list[dict], title: str, source: str, planne
     tables = {"pairwise": pairwise_table(dice, list(NORM_ORDER), negligible),
               "batch_size_effect": batch_size_table(dice, list(NORM_ORDER), negligible),
               "interaction": interaction_table(dice, list(NORM_ORDER), reference, negligible),
-              "per_label": label_table(dice_by_label(rows), list(NORM_ORDER), reference, negligible)}
+              "per_label": label_table(dice_by_label(rows), list(NORM_ORDER), reference, negligible),
+              "inference_statistics": inference_statistics_table(dice_by_inference_statistics(rows), negligible)}
     pairwise = tables["pairwise"]
     choice = which_norm(summary, pairwise)
     folder = Path(folder)
@@ -575,7 +632,7 @@ def _write_csvs(folder: Path, rows: list[dict], summary: list[dict], tables: dic
     """runs.csv, cases.csv, summary.csv and one CSV per comparison table (pairwise.csv,
     batch_size_effect.csv, interaction.csv, per_label.csv) in ``folder`` (created)."""
     folder.mkdir(parents=True, exist_ok=True)
-    write_csv([{k: v for k, v in r.items() if k not in ("curve", "cases")} for r in rows], folder / "runs.csv")
+    write_csv([{k: v for k, v in r.items() if k not in ROW_DETAIL} for r in rows], folder / "runs.csv")
     write_csv([{"run_id": r["run_id"], "norm": r["norm"], "batch_size": r["batch_size"], "seed": r["seed"],
                 "case": c, "label": lab, "dice": d} for r in rows for (c, lab), d in sorted(r["cases"].items())],
               folder / "cases.csv")
@@ -607,8 +664,13 @@ def _completeness(planned: list[tuple[str, int, int]], rows: list[dict]) -> str:
 
 
 def _family(table: list[Comparison]) -> int:
-    """How many comparisons Holm's correction counted (those with a p-value)."""
+    """How many comparisons Holm's correction of the Wilcoxon tests counted (those with a p-value)."""
     return sum(math.isfinite(c.p_value) for c in table)
+
+
+def _family_re(table: list[Comparison]) -> int:
+    """How many comparisons Holm's correction of the mixed-model tests counted."""
+    return sum(math.isfinite(c.re_p) for c in table)
 
 
 def _margin(table: list[Comparison]) -> str:
@@ -623,12 +685,18 @@ def _report_markdown(title: str, source: str, planned: list[tuple[str, int, int]
     pairwise, by_batch_size, interaction = tables["pairwise"], tables["batch_size_effect"], tables["interaction"]
     per_label = tables["per_label"]
     reference = per_label[0].norm_a if per_label else "the reference norm"
-    converged = sum(r["converged"] for r in rows)
-    status = (f"**All {len(rows)} children converged** (last validation gain ≤ {plateau_delta:g} mean Dice)."
-              if converged == len(rows) else
-              f"**Warning: {len(rows) - converged} of {len(rows)} children did not converge** (their last "
-              f"validation improved mean Dice by more than {plateau_delta:g}): their final Dice understates what "
-              "the norm reaches, and comparisons involving them are not at the plateau.")
+    met = sum(r["converged"] for r in rows)
+    rising = [r for r in rows if r["still_rising"]]
+    status = (f"**{met} of {len(rows)} children met the plateau rule** (last validation gain ≤ {plateau_delta:g} "
+              "mean Dice; with the learning rate decayed to a few % of its peak by then, this rule is weak)")
+    status += (f"; **{len(rising)} of {len(rows)} were still rising**: their mean Dice gained more than "
+               f"{plateau_delta:g} over the last third of training ("
+               + ", ".join(f"{r['norm']}_bs{r['batch_size']}_seed{r['seed']} {r['last_third_gain']:+.3f}"
+                           for r in rising) + "), so their final Dice may understate what the recipe reaches."
+               if rising else f"; none gained more than {plateau_delta:g} over the last third of training.")
+    if met < len(rows):
+        status += (f" {len(rows) - met} did not meet the plateau rule: comparisons involving them are not at the "
+                   "plateau.")
     unlearned = [r for r in rows if r["unlearned_labels"]]
     if unlearned:
         status += (f" **Warning: {len(unlearned)} {'child' if len(unlearned) == 1 else 'children'} did not learn "
@@ -641,36 +709,57 @@ def _report_markdown(title: str, source: str, planned: list[tuple[str, int, int]
             f"{source}. Budget rule: {rule}.\n\n"
             "Dice is the **final model**'s (end of training) on the validation fold, sliding window, mean over "
             "the foreground labels of each case. Differences are paired over (case, seed): same cases, and per "
-            "seed the same training patches and initial weights; averaged over seeds per case; 95 % BCa bootstrap "
-            "CI with cases resampled, so it is conditional on the trained networks (the per-seed column shows the "
-            "spread between training runs, which the CI does not contain); two-sided Wilcoxon signed-rank test on "
-            f"the per-case differences, Holm-corrected across the {_family(pairwise)} comparisons of the pairwise table. "
-            "Two norms tie when the CI contains 0: the data do not tell them apart, which is not a proof that they "
-            "are equivalent. Verdicts: *A better* when the CI excludes 0, the Holm p is below "
-            f"{ALPHA:g} and every seed agrees in sign; *suggestive* when the CI excludes 0 but the test or a seed "
-            f"does not agree; *no practical difference* when the CI contains 0 and lies within ±{_margin(pairwise)} "
-            "mean Dice; *cannot tell* when it contains 0 and reaches beyond (a tie the test calls significant "
-            "shows its Holm p).\n\n"
+            "seed the same training patches and initial weights. **The primary interval treats training runs as "
+            "a random effect**: a mixed model with crossed seed and case effects (statsmodels MixedLM, REML), "
+            "95 % t interval with Satterthwaite's degrees of freedom, and its t-test (mixed-model p), "
+            f"Holm-corrected across the {_family_re(pairwise)} comparisons of the pairwise table. It answers "
+            "whether other training runs of these recipes would differ on other cases, and it needs at least "
+            f"{MIN_SEEDS} seeds: with fewer, the row shows *{THESE_NETWORKS_ONLY}* and its verdict rests on the "
+            "secondary interval. The **secondary interval holds the trained networks fixed**: per case, the "
+            "difference averaged over seeds; 95 % BCa bootstrap CI with cases resampled, and a two-sided Wilcoxon "
+            f"signed-rank test, Holm-corrected across the {_family(pairwise)} comparisons (the per-seed column "
+            "shows the spread between training runs that it does not contain). The seed SD is the mixed model's "
+            "standard deviation of the seed effect. **Verdicts follow the primary interval and its Holm-corrected "
+            "p**: two norms tie when the interval contains 0: the data do not tell them apart, which is not a "
+            "proof that they are equivalent. *A better* when the interval excludes 0 and the Holm p is below "
+            f"{ALPHA:g} (on the fixed-network path also every seed agrees in sign); *suggestive* when the interval "
+            f"excludes 0 but the test (or a seed) does not agree; *no practical difference* when the interval "
+            f"contains 0 and lies within ±{_margin(pairwise)} mean Dice; *cannot tell* when it contains 0 and "
+            "reaches beyond (a tie the test calls significant shows its Holm p).\n\n"
             "## Which norm at which batch size\n\n" + which_norm_markdown(choice) +
             "\n## Pairwise comparisons\n\n" + pairwise_markdown(pairwise) +
             "\n## Batch size, per norm\n\nEach norm at each smaller batch size against itself at the largest, "
             "paired the same way (for one seed, the same patches in the same order and the same initial weights), "
-            f"Holm-corrected across the {_family(by_batch_size)} comparisons of this table. This compares the recipe at "
+            f"Holm-corrected across the {_family_re(by_batch_size)} (mixed model) and {_family(by_batch_size)} (Wilcoxon) comparisons of this table. This compares the recipe at "
             "each batch size, not batch size alone: at a fixed number of patches a smaller batch takes more, smaller "
             "optimizer steps, with the learning rate scaled by the sweep's rule.\n\n"
             + batch_size_markdown(by_batch_size) +
             "\n## Does batch size change the difference between norms?\n\nFor each norm and each smaller batch size "
             "b: per case, (norm - reference at b) - (norm - reference at the largest batch size), averaged over seeds "
-            f"(a difference in differences), Holm-corrected across the {_family(interaction)} comparisons of this table. "
+            f"(a difference in differences), Holm-corrected across the {_family_re(interaction)} (mixed model) and "
+            f"{_family(interaction)} (Wilcoxon) comparisons of this table. "
             "*batch size b better*: the norm does better against the reference at b than at the largest batch "
             "size.\n\n" + interaction_markdown(interaction) +
+            "\n## Batch norm's inference statistics\n\nEvery batch-norm child's final network validated three "
+            "ways: with its running averages (`batch`, as medseg infers), with each sliding window normalized by "
+            "its own statistics, one window per forward pass (`" + BN_WINDOW + "`: at batch size 1 exactly "
+            "instance norm's computation, with batch norm's weights), and with population statistics re-estimated "
+            "from the final weights over 480 training patches at the child's batch size (`" + BN_PRECISE + "`, "
+            "precise BN: Wu & Johnson 2021). At batch size 1 batch norm trains as instance norm does, so the "
+            "instance-norm child of the same seed is the reference for the window statistics. The same paired "
+            "statistics, Holm-corrected across the "
+            f"{_family_re(tables['inference_statistics'])} comparisons of this table.\n\n"
+            + inference_statistics_markdown(tables["inference_statistics"]) +
             "\n## Per label (secondary)\n\nThe same paired statistics on each foreground label's Dice alone: "
             f"{reference} against each other norm at each batch size, Holm-corrected across the "
-            f"{_family(per_label)} comparisons of this table (every label). Exploratory: it shows which structures "
+            f"{_family_re(per_label)} (mixed model) and {_family(per_label)} (Wilcoxon) comparisons of this table (every label). Exploratory: it shows which structures "
             "carry the differences of the mean over labels; it is not one of the comparisons a conclusion rests "
             "on.\n\n" + label_markdown(per_label) +
             "\n## Summary (per norm and batch size)\n\n"
-            "CI: over cases (seeds averaged per case). ± : standard deviation over seeds. The best-epoch Dice is "
+            "The final Dice's primary interval treats seeds and cases as crossed random effects (the seed SD is "
+            "its seed effect's); the interval of these networks resamples cases with seeds averaged per case. "
+            "± : standard deviation over seeds. *Still rising*: the children whose gain over the last third "
+            f"exceeds {plateau_delta:g}. The best-epoch Dice is "
             "selected on the same validation cases, so it is optimistic; it is shown, not ranked by. The gain over "
             "the last third (last validation minus the one a third of the curve earlier) shows how much a child "
             "still rose late in training: the plateau rule looks only at the last interval, where a learning rate "
@@ -690,7 +779,8 @@ def _log_tables(client, run_id: str, summary: list[dict], tables: dict[str, list
     the summary, the which-norm table and each non-empty comparison table (``report/<name>_table.json``)."""
     import pandas as pd
 
-    cols = ["norm", "batch_size", "seeds", "converged", "case_dice_mean", "case_dice_ci_low", "case_dice_ci_high",
+    cols = ["norm", "batch_size", "seeds", "converged", "still_rising", "case_dice_mean", "case_dice_re_low",
+            "case_dice_re_high", "seed_sd", "case_dice_ci_low", "case_dice_ci_high",
             "final_dice_mean_mean", "final_dice_mean_std", "best_dice_mean_mean", "seconds_per_iteration_mean",
             "peak_memory_mb_mean", "bn_batch_stats_gap_mean", "batch_dependence_train_mean",
             "batch_dependence_eval_mean"]

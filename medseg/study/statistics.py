@@ -468,6 +468,37 @@ def label_table(dice: dict[str, dict[tuple[str, int], Seeds]], norm_order: list[
     return _compare(specs, margin)
 
 
+BN_WINDOW = "batch [window]"  # batch norm's final network, each window normalized by its own statistics
+BN_PRECISE = "batch [precise]"  # the same network with re-estimated population statistics (precise BN)
+
+
+def inference_statistics_table(dice: dict[tuple[str, int], Seeds], margin: float = NEGLIGIBLE) -> list[Comparison]:
+    """Batch norm's final networks inferred three ways (medseg/training/bn_modes.py), at each batch
+    size: each window's own statistics (:data:`BN_WINDOW`) and re-estimated statistics
+    (:data:`BN_PRECISE`) against the running averages (``batch``), and instance norm against each
+    of the two. Paired over (seed, case) as the other tables (within a batch-norm child the three
+    share the weights; against instance norm, the seed's patches and initial weights), with both
+    intervals, Holm-corrected across this table.
+
+    Args:
+        dice: ``{(name, batch size): {seed: {case: Dice}}}`` with names ``batch``, ``instance``,
+            :data:`BN_WINDOW`, :data:`BN_PRECISE` (the others are ignored).
+
+    Returns:
+        the rows, by batch size; empty when no batch-norm child measured the other statistics.
+    """
+    pairs = []
+    for bs in sorted({b for n, b in dice if n in (BN_WINDOW, BN_PRECISE)}):
+        for mode in (BN_WINDOW, BN_PRECISE):
+            if (mode, bs) not in dice:
+                continue
+            if ("batch", bs) in dice:
+                pairs.append(((mode, bs), ("batch", bs)))
+            if ("instance", bs) in dice:
+                pairs.append((("instance", bs), (mode, bs)))
+    return _compare_cells(dice, pairs, margin)
+
+
 def mean_ci(values: np.ndarray) -> tuple[float, float, float]:
     """Mean of per-case values with its 95 % bootstrap CI (BCa, cases resampled)."""
     values = np.asarray(values, dtype=float)

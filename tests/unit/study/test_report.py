@@ -89,7 +89,10 @@ def test_the_report_flags_a_child_still_improving(synthetic_store):
     gains = {(r["norm"], r["seed"]): r["last_third_gain"] for r in rep["rows"]}
     assert gains[("batch", 1)] == pytest.approx(0.05) and gains[("instance", 0)] == pytest.approx(0.005)
     md = (rep["folder"] / "summary.md").read_text()
-    assert md.splitlines()[2].startswith("**Warning: 1 of 6 children did not converge**")  # at the top
+    assert md.splitlines()[2].startswith("**5 of 6 children met the plateau rule**")  # at the top
+    # the stricter column: a gain over the last third above the threshold is flagged beside it
+    assert {(r["norm"], r["seed"]) for r in rep["rows"] if r["still_rising"]} == {("batch", 1)}
+    assert "**1 of 6 were still rising**" in md and "batch_bs2_seed1 +0.050" in md
 
 
 def test_the_per_case_dice_is_read_back_from_the_store(synthetic_store):
@@ -130,7 +133,9 @@ def test_the_paired_statistics_are_scipys_on_the_known_differences(synthetic_sto
     assert choice[2]["best"] in ("instance", "batch") and "group" in choice[2]["worse"]
     md = (rep["folder"] / "summary.md").read_text()
     c = table[("instance", "group")]
-    assert f"{c.mean_difference:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}]" in md
+    # 2 seeds: no random-effect interval; the fixed-network one is shown and decides, marked as such
+    assert f"| {c.mean_difference:+.3f} [these networks only] |" in md and f"| [{c.ci_low:+.3f}, {c.ci_high:+.3f}] |" in md
+    assert not c.random_effect and c.verdict.endswith("(these networks only)")
 
 
 def test_the_report_tables_are_logged_as_mlflow_tables(synthetic_store, tmp_path):
