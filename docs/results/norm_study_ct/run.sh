@@ -21,3 +21,19 @@ medseg sweep --config configs/sweep_openkbp_ct.yaml --data "$DATA" --evaluations
 # and all three seeds as one study (descriptive; README, "Post-hoc check")
 medseg report --experiment medseg-norm-study-ct --sweep ct_main --sweep ct_seed2 --pool --tracking-uri "$STORE" \
   --output docs/results/norm_study_ct/report_pooled
+# issue 24: up to 5 seeds per cell, on the MRI arm's pinned commit (see its run.sh): seeds 2-4 at batch
+# 1 (9 children) and seeds 3-4 at batch 4 (6 children; seed 2 is ct_seed2). Run after the MRI seeds.
+PIN=c5af3fad354be968c1cc9250b9667837f1480ebf
+ROOT=$PWD
+WT=${WT:-$ROOT/../medseg-$PIN}
+[ -d "$WT" ] || git worktree add --detach "$WT" "$PIN"
+for cells in "1 3 2 ct_bs1_seeds2to4" "4 2 3 ct_bs4_seeds3to4"; do
+  read -r bs n first id <<< "$cells"
+  (cd "$WT" && PYTHONPATH="$WT" nice -n 19 "$ROOT/.venv/bin/python" -m medseg sweep --config configs/sweep_openkbp_ct.yaml \
+    --data "$ROOT/$DATA" --evaluations 12 --tracking-uri "sqlite:///$ROOT/docs/results/norm_study_ct/mlflow.db" \
+    --jobs "$JOBS" --set output_dir=runs --norms instance,group,batch --batch-sizes "$bs" --seeds "$n" \
+    --first-seed "$first" --budget-samples 7200 --sweep-id "$id" --report-dir "$ROOT/docs/results/norm_study_ct/report_$id")
+done
+# every seed as one study (5 per cell)
+medseg report --experiment medseg-norm-study-ct --sweep ct_main --sweep ct_seed2 --sweep ct_bs1_seeds2to4 \
+  --sweep ct_bs4_seeds3to4 --pool --tracking-uri "$STORE" --output docs/results/norm_study_ct/report_pooled5

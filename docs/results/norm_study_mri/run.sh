@@ -24,3 +24,17 @@ done
 # does the ranking of instance and batch norm hold at x0.3, x1 and x3 (seed 0, the cells all three share)?
 medseg report --experiment medseg-norm-study --tracking-uri "$STORE" --sweep mri_v2_lr0.0003 --sweep mri_v2_main \
   --sweep mri_v2_lr0.003 --output docs/results/norm_study_mri/report_lr_check
+# issue 24: seeds 2-4 of instance, group and batch norm at batch 1, 2 and 4 (27 children), all on one
+# commit: medseg's code for these children is commit PIN, run from a git worktree of it (this script
+# itself may be on any later commit). The store stays this folder's.
+PIN=c5af3fad354be968c1cc9250b9667837f1480ebf
+ROOT=$PWD
+WT=${WT:-$ROOT/../medseg-$PIN}
+[ -d "$WT" ] || git worktree add --detach "$WT" "$PIN"
+(cd "$WT" && PYTHONPATH="$WT" nice -n 19 "$ROOT/.venv/bin/python" -m medseg sweep --config configs/sweep_hippocampus.yaml \
+  --data "$ROOT/$DATA" --evaluations 12 --tracking-uri "sqlite:///$ROOT/docs/results/norm_study_mri/mlflow.db" \
+  --jobs "$JOBS" --set output_dir=runs --norms instance,group,batch --batch-sizes 1,2,4 --seeds 3 --first-seed 2 \
+  --sweep-id mri_v2_seeds2to4 --report-dir "$ROOT/docs/results/norm_study_mri/report_seeds2to4")
+# the five seeds as one study: seeds as a random effect in every cell with 3 or more
+medseg report --experiment medseg-norm-study --tracking-uri "$STORE" --sweep mri_v2_main --sweep mri_v2_seeds2to4 \
+  --pool --output docs/results/norm_study_mri/report_pooled
