@@ -70,7 +70,6 @@ def train(
 ):
     """Train a 3D U-Net on an MSD dataset and validate it on one fold; log everything to MLflow."""
     from medseg.config import check_resume_overrides, load_config
-    from medseg.training.run import find_run_dir, run_training
 
     if offline:
         tracking_uri = f"sqlite:///{Path('mlflow.db').resolve()}"
@@ -86,11 +85,13 @@ def train(
             raise MedsegError("cannot be combined with --resume: a resumed run keeps its own config.yaml "
                               "(drop --config; --set may change where data and the store are)", "--config")
         check_resume_overrides(overrides)
+        from medseg.training.run import find_run_dir
         resume_dir = find_run_dir(resume, tracking_uri)
         config = resume_dir / "config.yaml"
     elif config is None:
         raise MedsegError("--config is required (or --resume RUN_DIR)", "medseg train")
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, overrides)  # a bad config is refused here, before torch is imported
+    from medseg.training.run import run_training
     result = run_training(cfg, resume_dir=resume_dir, progress=silent if quiet else rich_progress,
                           log=(lambda s: None) if quiet else _say)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 reports

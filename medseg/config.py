@@ -16,7 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medseg.errors import ConfigError
-from medseg.norm_registry import NORMS
+from medseg.geometry import check_patch_size
+from medseg.norm_registry import NORMS, norm_spec
 
 PosInt = Annotated[int, Field(ge=1)]
 Triple = tuple[PosInt, PosInt, PosInt]
@@ -220,8 +221,6 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _network_fits(self):
-        from medseg.models.norms import norm_spec
-        from medseg.plan import check_patch_size
         if self.sampling.patch_size is not None:
             check_patch_size(self.sampling.patch_size, self.model.strides)
         norm_spec(self.model.norm, list(self.model.filters), self.model.num_groups)

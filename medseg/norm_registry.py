@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from medseg.errors import ConfigError
+
 EPS = 1e-5  # every norm's epsilon (added to the variance)
 
 
@@ -58,3 +60,29 @@ REGISTRY: dict[str, Norm] = {n.name: n for n in (
 
 NORMS: tuple[str, ...] = tuple(REGISTRY)
 """The norm names, in the order tables and plots show them."""
+
+
+def norm_spec(name: str, channels: list[int], num_groups: int = 8) -> tuple[str, dict]:
+    """The MONAI ``norm_name`` tuple for ``name``, checked against every normalized layer's channels.
+
+    Args:
+        name: one of :data:`NORMS`.
+        channels: channel count of every layer that gets a norm (the U-Net's filters).
+        num_groups: groups for ``group``.
+
+    Raises:
+        ConfigError: unknown name, or a channel count not divisible by ``num_groups``.
+    """
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown norm {name!r}; choose one of {', '.join(NORMS)}", "model.norm")
+    norm = REGISTRY[name]
+    options = dict(norm.options)
+    if norm.monai_name == "group":
+        groups = norm.groups or num_groups
+        bad = sorted({c for c in channels if c % groups})
+        if bad:
+            raise ConfigError(f"norm={name} with {groups} groups needs every normalized layer's channel count to be "
+                              f"divisible by {groups}; these are not: {bad} (filters {channels}). Choose num_groups "
+                              f"dividing all of them, or change model.filters.", "model.num_groups")
+        options["num_groups"] = groups
+    return (norm.monai_name, options)

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import numpy as np
-
 from medseg.config import PreprocessConfig, SamplingConfig
-from medseg.data.fingerprint import default_patch_size, network_divisor
-from medseg.errors import ConfigError, DataError
+from medseg.geometry import check_patch_size, check_resampled_size, default_patch_size, network_divisor
 
 
 @dataclass(frozen=True)
@@ -73,44 +70,6 @@ class Plan:
         if d.get("ct_clip") is not None:
             d["ct_clip"] = tuple(d["ct_clip"])
         return cls(**d)
-
-
-def check_patch_size(patch_size, strides) -> None:
-    """Raise ConfigError unless every patch dimension is a multiple of the network's downsampling."""
-    div = network_divisor(strides)
-    bad = [f"{p} (axis {i}) is not a multiple of {d}" for i, (p, d) in enumerate(zip(patch_size, div)) if p % d]
-    if bad:
-        raise ConfigError(f"patch size {tuple(patch_size)} cannot be taken by a network with strides {strides} "
-                          f"(total downsampling {div}): " + "; ".join(bad) + ". Use multiples of the downsampling.",
-                          "sampling.patch_size")
-
-
-MAX_RESAMPLED_VOXELS = 2**28  # a volume resampled to the target spacing may hold at most this many voxels
-MAX_UPSAMPLING = 64.0  # nor this many times the voxels it had: a header spacing that far off is an error
-
-
-def check_resampled_size(shape, spacing, target_spacing, where) -> None:
-    """Refuse a volume that resampling to ``target_spacing`` would blow up before it is resampled.
-
-    Args:
-        shape: voxels per axis; spacing: mm per axis, in the same axis order.
-        target_spacing: mm per axis (any axis order: only the product counts).
-        where: the file or case named in the error.
-
-    Raises:
-        DataError: more than :data:`MAX_RESAMPLED_VOXELS` voxels after resampling, or more than
-            :data:`MAX_UPSAMPLING` times the voxels the volume has.
-    """
-    voxels = float(np.prod(np.asarray(shape[:3], dtype=float)))
-    factor = float(np.prod(np.asarray(spacing[:3], dtype=float)) / np.prod(np.asarray(target_spacing, dtype=float)))
-    after = voxels * factor
-    if after > MAX_RESAMPLED_VOXELS or factor > MAX_UPSAMPLING:
-        raise DataError(f"resampling this volume ({' x '.join(str(int(n)) for n in shape[:3])} voxels of "
-                        f"{' x '.join(f'{s:.3g}' for s in spacing[:3])} mm) to the model's "
-                        f"{' x '.join(f'{s:.3g}' for s in target_spacing)} mm would make {after:.3g} voxels "
-                        f"({factor:.3g} times as many; limits {MAX_RESAMPLED_VOXELS:.3g} voxels, "
-                        f"{MAX_UPSAMPLING:g} times): check the header's voxel spacing, or use a model trained at "
-                        "a spacing closer to this image's", where)
 
 
 _PRE, _SAMPLING = PreprocessConfig(), SamplingConfig()  # defaults: the config schema's, written once there

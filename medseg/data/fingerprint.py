@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -174,27 +173,3 @@ def load_or_compute_fingerprint(spec: DatasetSpec, cache_dir: str | Path, progre
     fp = compute_fingerprint(spec, progress)
     atomic_write_text(path, json.dumps(fp, indent=1))
     return fp, path
-
-
-def network_divisor(strides: list) -> tuple[int, int, int]:
-    """The product of a U-Net's strides per axis: every patch dimension must be a multiple of it."""
-    div = [1, 1, 1]
-    for s in strides:
-        s3 = (s, s, s) if isinstance(s, int) else tuple(s)
-        div = [d * x for d, x in zip(div, s3)]
-    return tuple(div)
-
-
-def default_patch_size(fp: dict, target_spacing, divisor, max_voxels: int) -> tuple[int, int, int]:
-    """The median volume shape at ``target_spacing`` (mm), rounded up to a multiple of ``divisor``
-    per axis, then shrunk along its largest axis until it holds at most ``max_voxels`` voxels."""
-    med_shape = np.asarray(fp["median_shape"], float)
-    med_spacing = np.asarray(fp["median_spacing"], float)
-    extent = med_shape * med_spacing / np.asarray(target_spacing, float)
-    patch = [int(math.ceil(e / d) * d) for e, d in zip(extent, divisor)]
-    while math.prod(patch) > max_voxels:
-        i = int(np.argmax([p / d for p, d in zip(patch, divisor)]))
-        if patch[i] <= divisor[i]:
-            break
-        patch[i] -= divisor[i]
-    return tuple(patch)

@@ -24,7 +24,7 @@ from medseg.data.nifti import load_nifti
 from medseg.errors import DataError, InputWarning
 from medseg.inference.sliding_window import make_inferer, predict_probabilities
 from medseg.models.directory import LoadedModel
-from medseg.plan import check_resampled_size
+from medseg.geometry import check_resampled_size
 
 
 @dataclass

@@ -1,6 +1,5 @@
 """Model: the U-Net factory and the norm registry."""
-from medseg.models.norms import norm_spec
-from medseg.norm_registry import NORMS
+from medseg.norm_registry import NORMS, norm_spec
 from medseg.models.unet import NetworkSpec, build_unet
 
 __all__ = ["NORMS", "norm_spec", "NetworkSpec", "build_unet"]

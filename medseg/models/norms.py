@@ -1,5 +1,5 @@
-"""Normalization layers: a registry entry (:mod:`medseg.norm_registry`) -> a MONAI norm spec for
-DynUNet, and measurements of how a trained network's norms behave (batch statistics vs running
+"""Normalization layers at work (the registry and its MONAI norm spec for DynUNet are in
+:mod:`medseg.norm_registry`): measurements of how a trained network's norms behave (batch statistics vs running
 averages, dependence of an example's output on its batch).
 
 * ``instance`` (default): per example and channel over (D, H, W); affine, eps 1e-5, no running
@@ -16,35 +16,6 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
-
-from medseg.errors import ConfigError
-from medseg.norm_registry import NORMS, REGISTRY
-
-
-def norm_spec(name: str, channels: list[int], num_groups: int = 8) -> tuple[str, dict]:
-    """The MONAI ``norm_name`` tuple for ``name``, checked against every normalized layer's channels.
-
-    Args:
-        name: one of :data:`NORMS`.
-        channels: channel count of every layer that gets a norm (the U-Net's filters).
-        num_groups: groups for ``group``.
-
-    Raises:
-        ConfigError: unknown name, or a channel count not divisible by ``num_groups``.
-    """
-    if name not in REGISTRY:
-        raise ConfigError(f"unknown norm {name!r}; choose one of {', '.join(NORMS)}", "model.norm")
-    norm = REGISTRY[name]
-    options = dict(norm.options)
-    if norm.monai_name == "group":
-        groups = norm.groups or num_groups
-        bad = sorted({c for c in channels if c % groups})
-        if bad:
-            raise ConfigError(f"norm={name} with {groups} groups needs every normalized layer's channel count to be "
-                              f"divisible by {groups}; these are not: {bad} (filters {channels}). Choose num_groups "
-                              f"dividing all of them, or change model.filters.", "model.num_groups")
-        options["num_groups"] = groups
-    return (norm.monai_name, options)
 
 
 @contextmanager

@@ -7,7 +7,7 @@ import torch
 from monai.networks.nets import DynUNet
 
 from medseg.config import ModelConfig
-from medseg.models.norms import norm_spec
+from medseg.norm_registry import norm_spec
 from medseg.models.onednn_conv import route_single_examples_to_onednn
 from medseg.norm_registry import REGISTRY
 

@@ -9,8 +9,9 @@ whether the weights or the inference statistics are to blame:
   pass, batch-norm layers with batch (train-mode) statistics, running averages not updated. At
   batch size 1 this is exactly the computation instance norm does at inference (statistics per
   channel over (D, H, W) of one example), with batch norm's weights;
-* ``precise`` (c): running statistics re-estimated after training from the final weights over
-  :data:`PRECISE_BN_PATCHES` training patches, at the run's batch size ("precise BN", Wu & Johnson
+* ``precise`` (c): running statistics re-estimated after training from the final weights over the
+  run's first :data:`PRECISE_BN_PATCHES` training patches (all of them if it trained on fewer), at
+  the run's batch size ("precise BN", Wu & Johnson
   2021, :func:`medseg.models.norms.precise_batch_norm`).
 
 Axes: patches (N, C, D, H, W), as in training.

@@ -90,7 +90,8 @@ class CPUSyncBatchNorm(torch.nn.BatchNorm3d):
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1
-                m = self.momentum
+                # momentum None: a cumulative average, as torch's BatchNorm (precise BN re-estimates so)
+                m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
                 self.running_mean.mul_(1 - m).add_(m * mean.to(self.running_mean.dtype))
                 unbiased = var * total / (total - 1).clamp_min(1)
                 self.running_var.mul_(1 - m).add_(m * unbiased.to(self.running_var.dtype))

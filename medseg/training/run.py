@@ -67,7 +67,7 @@ from medseg.training.state import (
     restore,
     save_training_state,
 )
-from medseg.training.bn_modes import batch_norm_modes, training_batches
+from medseg.training.bn_modes import PRECISE_BN_PATCHES, batch_norm_modes, training_batches
 from medseg.training.validation import Validator
 
 Log = Callable[[str], None]
@@ -475,7 +475,8 @@ def _fit(ctx: RunContext, network: torch.nn.Module, parts: Parts,
     # the final model (what the normalizer study compares), before the best epoch's weights replace it
     final = parts.validator.final_model_metrics(t.epochs - 1, ctx.progress)
     if ctx.batch_statistics:  # the same final network with each window's and with re-estimated statistics
-        batches = training_batches(parts.stream, t.batch_size, augmentation=parts.step.device_augment,
+        patches = min(PRECISE_BN_PATCHES, t.epochs * t.iterations_per_epoch * t.batch_size)  # what it trained on
+        batches = training_batches(parts.stream, t.batch_size, patches, augmentation=parts.step.device_augment,
                                    device=ctx.device)
         final.update(batch_norm_modes(parts.validator, batches, ctx.progress))
     ctx.tracker.log_metrics(final, step=t.epochs - 1)
