@@ -1,21 +1,102 @@
 """Atomic file writes: a reader (or a crash) sees the old file or the complete new one, never a
-partial one."""
+partial one. What is written gets the modes a plain ``open()`` / ``mkdir`` would give it
+(``0o666 & ~umask`` for files, ``0o777 & ~umask`` for folders), so colleagues in the group can
+read predictions, reports and checkpoints on shared storage (``tempfile`` alone makes them 0600
+and 0700)."""
 from __future__ import annotations
 
 import contextlib
 import csv
 import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 
+FILE_MODE = 0o666  # before the umask, as open() creates a file
+DIR_MODE = 0o777  # before the umask, as mkdir creates a folder
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (``/proc/self/status``),
+    else by setting and restoring it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_temporary_dir(path: Path) -> Path:
+    """A new hidden folder beside ``path`` (to build a folder in before renaming it into place),
+    with the modes ``mkdir`` would give it."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    os.chmod(tmp, DIR_MODE & ~umask())
+    return tmp
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``, glibc 2.28+); False where
+    the system cannot."""
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):  # an old kernel, or a filesystem without it
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def replace_dir(new: Path, path: Path) -> None:
+    """Put the complete folder ``new`` at ``path``, replacing the folder there, so that a reader
+    always finds either the old folder or the new one at ``path``, never none: an atomic exchange
+    where the system has one (Linux); elsewhere two renames, with a moment between them in which
+    ``path`` is missing. ``new`` is gone afterwards.
+
+    Raises:
+        OSError: a rename fails (``path`` is left as it was, ``new`` in place).
+    """
+    new, path = Path(new), Path(path)
+    if not path.exists():
+        os.rename(new, path)
+    elif _exchange(new, path):
+        shutil.rmtree(new, ignore_errors=True)  # it now holds the old folder
+    else:
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(path, old)
+        os.rename(new, path)
+        shutil.rmtree(old, ignore_errors=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``path`` to write to; on success fsync it and rename it over
-    ``path`` (atomic on POSIX), then fsync the folder. On error the temporary file is removed and
-    ``path`` is untouched.
+    ``path`` (atomic on POSIX), then fsync the folder. The file gets ``FILE_MODE & ~umask``. On error
+    the temporary file is removed and ``path`` is untouched.
 
     Args:
         suffix: the temporary file's ending (``".nii.gz"`` lets nibabel/SimpleITK pick the format).
@@ -35,6 +116,7 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE & ~umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.atomic import atomic_write_text
 from medseg.errors import DataError
 
 SPLIT_SEED = 12345  # fixed, as nnU-Net does, so a fold means the same cases for every run
@@ -35,4 +36,4 @@ def kfold_splits(case_ids: list[str], num_folds: int = 5, seed: int = SPLIT_SEED
 
 def save_split(split: dict, path: str | Path) -> None:
     """Write one fold's split as JSON."""
-    Path(path).write_text(json.dumps(split, indent=1))
+    atomic_write_text(path, json.dumps(split, indent=1))

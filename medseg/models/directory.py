@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from medseg import __version__
+from medseg.atomic import atomic_write_text, make_temporary_dir, replace_dir
 from medseg.data.dataset import file_sha256
 from medseg.errors import MedsegError, ModelError
 from medseg.models.unet import NetworkSpec, build_unet
@@ -46,7 +46,9 @@ class LoadedModel:
 
 def save_model_dir(path: str | Path, network: torch.nn.Module, plan: Plan, spec: NetworkSpec,
                    extra: dict | None = None) -> Path:
-    """Write a model directory atomically (a temporary folder renamed into place).
+    """Write a model directory atomically (a temporary folder swapped into place: a reader finds the
+    old model or the new one, never none, :func:`medseg.atomic.replace_dir`), readable by the group
+    as a plain ``mkdir`` would make it.
 
     Args:
         path: the target folder; an existing one is replaced only once the new one is complete.
@@ -57,21 +59,14 @@ def save_model_dir(path: str | Path, network: torch.nn.Module, plan: Plan, spec:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = make_temporary_dir(path)
     try:
         state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
         torch.save(state, tmp / WEIGHTS_FILE)
         meta = {"format_version": FORMAT_VERSION, "medseg_version": __version__, "plan": plan.to_dict(),
                 "network": spec.to_dict(), "checksums": {WEIGHTS_FILE: file_sha256(tmp / WEIGHTS_FILE)}, **(extra or {})}
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
+        atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=1))
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from medseg.atomic import atomic_write_text
 from medseg.config import Config, config_to_yaml, flatten
 from medseg.errors import ConfigError, Interrupted, MedsegError
 from medseg.keys import (
@@ -440,7 +441,7 @@ def run_sweep(base: Config, spec: SweepSpec, *, sweep_dir: Path | None = None, s
     (sweep_dir / "configs").mkdir(parents=True, exist_ok=True)
     uri = base.tracking.tracking_uri
     parent = _parent(base, spec, sweep_id, uri, log)
-    (sweep_dir / "sweep.json").write_text(json.dumps({"sweep_id": sweep_id, "parent_run_id": parent.run_id,
+    atomic_write_text(sweep_dir / "sweep.json", json.dumps({"sweep_id": sweep_id, "parent_run_id": parent.run_id,
                                                      "tracking_uri": uri, "experiment": base.tracking.experiment,
                                                      **spec.to_dict()}, indent=1))
     tasks, status = _tasks(base, spec, sweep_id, sweep_dir, parent, dataset, python, log)
@@ -494,7 +495,7 @@ def _tasks(base: Config, spec: SweepSpec, sweep_id: str, sweep_dir: Path, parent
             cfg = child_config(base, child, iterations=iterations, spec=spec, sweep_id=sweep_id,
                                parent_run_id=parent.run_id, output_dir=sweep_dir / "runs")
             path = sweep_dir / "configs" / f"{child.key}.yaml"
-            path.write_text(config_to_yaml(cfg))
+            atomic_write_text(path, config_to_yaml(cfg))
             cmd = [python, "-m", "medseg", "train", "--quiet", "--config", str(path)]
             note = (f"{cfg.train.epochs * cfg.train.iterations_per_epoch} iterations at batch size "
                     f"{child.batch_size}, lr {cfg.train.lr:.3g}" + (f" (measured {seconds:.3f} s/it)" if seconds else ""))

@@ -18,6 +18,7 @@ from monai.transforms import Compose, EnsureTyped
 from monai.utils import set_determinism
 
 from medseg import transforms as mt
+from medseg.atomic import atomic_write_text
 from medseg.checkpoint import load_checkpoint, save_checkpoint
 from medseg.config import Config, config_to_yaml, flatten
 from medseg.data import kfold_splits, load_or_compute_fingerprint, read_dataset
@@ -364,10 +365,10 @@ def _record_inputs(ctx: RunContext, spec, fingerprint: dict, split: dict) -> Non
     """Write and log what defines the run: resolved config, split, fingerprint, plan, params, and the
     training and validation cases as MLflow dataset inputs (digest of case ids and file SHA-256s)."""
     cfg, plan, run_dir, tracker = ctx.cfg, ctx.plan, ctx.run_dir, ctx.tracker
-    (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+    atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
     save_split(split, run_dir / "split.json")
-    (run_dir / "fingerprint.json").write_text(json.dumps(fingerprint, indent=1))
-    (run_dir / "plan.json").write_text(json.dumps(plan.to_dict(), indent=1))
+    atomic_write_text(run_dir / "fingerprint.json", json.dumps(fingerprint, indent=1))
+    atomic_write_text(run_dir / "plan.json", json.dumps(plan.to_dict(), indent=1))
     plan_params = {f"plan.{k}": json.dumps(v) if isinstance(v, (list, tuple, dict)) else v
                    for k, v in plan.to_dict().items()}
     tracker.log_params({**flatten(cfg), **plan_params, "data.num_train_cases": len(split["train"]),
@@ -612,7 +613,7 @@ def _write_outputs(ctx: RunContext, network: torch.nn.Module, final: dict, summa
         overlay_slices(img, ref, pred, plots / "validation_slices.png",
                        title=f"{final['cases'][0]['case_id']}: reference (left) vs prediction (right)")
     tracker.log_artifacts(plots, "plots")
-    (run_dir / "validation_cases.json").write_text(json.dumps(final["cases"], indent=1, default=float))
+    atomic_write_text(run_dir / "validation_cases.json", json.dumps(final["cases"], indent=1, default=float))
     tracker.log_artifact(run_dir / "validation_cases.json")
     save_model_dir(run_dir / "model", network, plan, ctx.net_spec, extra={
         "mlflow_run_id": tracker.run_id, "best_epoch": state.best_epoch, "validation": summary,

@@ -72,3 +72,22 @@ def test_damaged_weights_are_refused(model_dir):
     (model_dir / "weights.pt").write_bytes(bytes(raw))
     with pytest.raises(ModelError, match="checksum mismatch"):
         load_model_dir(model_dir)
+
+
+def test_a_model_directory_is_readable_by_the_group_and_replaced_whole(tmp_path):
+    import os
+    import stat
+    spec = NetworkSpec(1, 3, filters=[8, 16, 32], strides=[1, 2, 2])
+    plan = Plan(modality=["MRI"], labels={0: "bg", 1: "a", 2: "b"}, target_spacing=(1.0, 1.0, 1.0),
+                patch_size=(16, 16, 16))
+    old = os.umask(0o027)  # group may read, others nothing
+    try:
+        first = save_model_dir(tmp_path / "model", build_unet(spec), plan, spec, extra={"n": 1})
+        path = save_model_dir(tmp_path / "model", build_unet(spec), plan, spec, extra={"n": 2})
+    finally:
+        os.umask(old)
+    assert path == first and json.loads((path / "medseg_model.json").read_text())["n"] == 2
+    assert stat.S_IMODE(path.stat().st_mode) == 0o750
+    assert {stat.S_IMODE(f.stat().st_mode) for f in path.iterdir()} == {0o640}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    load_model_dir(path)
