@@ -230,17 +230,15 @@ class Tracker:
         return any(m.step == step for m in self.client.get_metric_history(self.run_id, mlflow_key(key)))
 
     def log_params(self, params: dict[str, str]) -> None:
-        """Log parameters (values as strings), in batches of 100."""
-        items = [Param(mlflow_key(k), str(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[i:i + 100])
+        """Log parameters (values as strings; MLflow's ``log_batch`` splits them into the batches its
+        store accepts)."""
+        self.client.log_batch(self.run_id, params=[Param(mlflow_key(k), str(v)[:6000]) for k, v in params.items()])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Log metrics at ``step`` (the epoch); NaN values are skipped; keys pass through :func:`mlflow_key`."""
         ts = int(time.time() * 1000)
         items = [Metric(mlflow_key(k), float(v), ts, step) for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
-        for i in range(0, len(items), 1000):  # MLflow's limit per log_batch call
-            self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
+        self.client.log_batch(self.run_id, metrics=items)  # MLflow splits it into batches its store accepts
 
     def log_dataset(self, name: str, digest: str, source: str, context: str, profile: dict) -> None:
         """Log a dataset input of the run (MLflow's Datasets: shown in the run's *Datasets used*),

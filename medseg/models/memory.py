@@ -10,7 +10,7 @@ cannot fit, never one that might.
 """
 from __future__ import annotations
 
-import os
+import sys
 from math import prod
 
 import numpy as np
@@ -42,19 +42,26 @@ def training_memory_bytes(filters: list[int], strides: list, patch_size, batch_s
 
 
 def available_memory_bytes(device: torch.device) -> int | None:
-    """Free memory on ``device``: the GPU's free memory, or the system's MemAvailable on Linux
-    (None where it cannot be read)."""
+    """Free memory on ``device`` in bytes: the GPU's free memory (``torch.cuda.mem_get_info``), or
+    the memory the system can give without swapping (``psutil.virtual_memory().available``, Linux's
+    MemAvailable and its equivalents elsewhere); None where it cannot be read."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
+    import psutil
     try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
+        return int(psutil.virtual_memory().available)
+    except (OSError, RuntimeError, AttributeError):
         return None
+
+
+MAXRSS_BYTES_PER_UNIT = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory in MiB: torch's peak allocated GPU memory on CUDA, else the process's peak
+    resident set size (``getrusage``'s ``ru_maxrss``, whose unit is KiB on Linux and bytes on macOS)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * MAXRSS_BYTES_PER_UNIT / 2**20

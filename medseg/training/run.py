@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ from medseg.keys import (
 )
 from medseg.models import NetworkSpec, build_unet
 from medseg.models.directory import save_model_dir
-from medseg.models.memory import available_memory_bytes, training_memory_bytes
+from medseg.models.memory import available_memory_bytes, peak_memory_mb, training_memory_bytes
 from medseg.norm_registry import REGISTRY
 from medseg.plan import Plan, make_plan
 from medseg.plots import learning_curve, overlay_slices
@@ -109,13 +108,6 @@ def select_device(name: str) -> torch.device:
         ConfigError: ``train.device`` names no usable device.
     """
     return resolve_device(name, "train.device")
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak GPU memory allocated by torch on CUDA, else the process's peak resident set size (MB)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _slug(text: str) -> str:

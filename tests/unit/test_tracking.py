@@ -50,3 +50,15 @@ def test_git_provenance_names_the_commit_or_says_why_it_cannot(monkeypatch):
     monkeypatch.setattr(tracking.subprocess, "run", not_a_checkout)
     out = tracking.git_provenance()
     assert out["git_commit"] == "unknown" and "not a git repository" in out["git_unknown_reason"]
+
+
+def test_many_metrics_and_params_are_logged_without_chunking_by_hand(tmp_path):
+    """MLflow's log_batch splits what exceeds its per-call limits (1000 metrics, 100 params)."""
+    from medseg.tracking import Tracker
+
+    tracker = Tracker(fresh_store(tmp_path / "store.db"), "e", "many", {})
+    tracker.log_metrics({f"final_case_dice/case{i}/a": i / 2500 for i in range(2500)}, step=3)
+    tracker.log_params({f"p{i}": i for i in range(250)})
+    run = tracker.client.get_run(tracker.run_id)
+    assert len(run.data.metrics) == 2500 and run.data.metrics["final_case_dice/case2499/a"] == 2499 / 2500
+    assert len(run.data.params) == 250
