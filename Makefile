@@ -45,13 +45,15 @@ test: install browser
 
 # Speed, each against a plain MONAI reference loop in the same process (tables + JSON in runs/):
 # training step per norm and batch size, sliding-window inference, data pipeline vs training step;
-# then the fast-path variants (autocast, channels_last_3d, torch.compile) against float32 eager.
+# then the fast-path variants (autocast, channels_last_3d, torch.compile) against float32 eager; and the
+# per-class Dice's peak memory on a 512 x 512 x 300 label map against the one-hot path.
 bench: install
 	$(BIN)/python benchmarks/training.py --json runs/bench_training.json
 	$(BIN)/python benchmarks/inference.py --json runs/bench_inference.json
 	$(BIN)/python benchmarks/data_pipeline.py --json runs/bench_data_pipeline.json
 	$(BIN)/python benchmarks/fast_path.py --json runs/bench_fast_path.json
 	$(BIN)/python benchmarks/single_example_conv.py --json runs/bench_single_example_conv.json
+	$(BIN)/python benchmarks/metrics_memory.py --json runs/bench_metrics_memory.json
 
 clean:
 	rm -rf $(VENV) runs mlruns mlflow.db .medseg_cache
