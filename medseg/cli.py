@@ -178,6 +178,46 @@ def fingerprint(
 
 
 @app.command()
+def plan(
+    data: Path = typer.Option(..., "--data", "-d", help="MSD-layout dataset folder."),
+    device: str = typer.Option("cpu", "--device", help="What the network is planned for: cpu or cuda (filters "
+                               "start at 16 on a CPU, 32 on a GPU, as nnU-Net)."),
+    memory_gb: float | None = typer.Option(None, "--memory-gb", help="Training memory budget in GB (default: 2 "
+                                           "on cpu, 8 on cuda, nnU-Net's reference)."),
+    output: Path = typer.Option(Path("plan.json"), "--output", "-o", help="Where the plan is written (JSON)."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Where the fingerprint is cached "
+                                          "(default: the config schema's data.cache_dir)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Plan the network from the dataset (nnU-Net's rules): target spacing, patch, batch, levels,
+    strides, kernel sizes and filters, with the reason for each; print it and write it as JSON."""
+    from medseg.atomic import atomic_write_text
+    from medseg.config import DataConfig
+    from medseg.data import load_or_compute_fingerprint, read_dataset
+    from medseg.models.planner import plan_network
+
+    if output.is_dir():
+        raise MedsegError("is a folder: give a file name for the plan", output)
+    spec = read_dataset(data)
+    fp, _ = load_or_compute_fingerprint(spec, cache_dir or DataConfig.model_fields["cache_dir"].default,
+                                        silent if quiet else rich_progress)
+    result = plan_network(fp, device, memory_gb)
+    table = Table(title=f"network plan for {spec.name or data} on {device} ({result.memory_gb:g} GB budget)")
+    table.add_column("level"), table.add_column("stride"), table.add_column("kernel"), table.add_column("filters")
+    for i, (s, k, f) in enumerate(zip(result.strides, result.kernel_sizes, result.filters)):
+        table.add_row(str(i), "x".join(map(str, s)), "x".join(map(str, k)), str(f))
+    out.print(table)
+    out.print(f"target spacing {' x '.join(f'{v:.3g}' for v in result.target_spacing)} mm, patch "
+              f"{' x '.join(map(str, result.patch_size))}, batch {result.batch_size}, estimated "
+              f"{result.estimated_memory_gb:.2f} GB per training iteration")
+    for reason in result.reasons:
+        out.print(f"- {escape(reason)}")
+    atomic_write_text(output, json.dumps(result.to_dict(), indent=1))
+    if not quiet:
+        console.print(f"plan written to {output}")
+
+
+@app.command()
 def predict(
     model: str = typer.Option(..., "--model", "-m", help="Model directory (written by medseg train), or an MLflow "
                               "model URI: models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/medseg_model."),

@@ -402,3 +402,19 @@ def test_a_sweep_whose_child_fails_exits_1_and_says_which(tmp_path):
                   "--set", "train.device=cuda", "--report-dir", tmp_path / "report")
     assert proc.returncode == EXIT_FAILED_CASES, proc.stdout + proc.stderr
     assert "instance_bs1_seed0" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_plan_prints_and_writes_the_planned_network(tmp_path):
+    """`medseg plan` on the embedded sample: the table, a reason per decision, the JSON; a folder
+    as --output is refused with one line and nothing written."""
+    out = tmp_path / "plan.json"
+    proc = medseg("plan", "--data", SAMPLE, "--device", "cuda", "--output", out, "--cache-dir", tmp_path / "cache",
+                  cwd=tmp_path)
+    assert proc.returncode == EXIT_OK, proc.stdout + proc.stderr
+    plan = json.loads(out.read_text())
+    assert plan["filters"][0] == 32 and len(plan["filters"]) == len(plan["strides"]) == len(plan["kernel_sizes"])
+    assert plan["batch_size"] >= 2 and all(p % 8 == 0 for p in plan["patch_size"])
+    assert "target spacing" in proc.stdout and "filters" in proc.stdout and len(plan["reasons"]) >= 5
+    (tmp_path / "folder").mkdir()
+    assert_refused(medseg("plan", "--data", SAMPLE, "--output", tmp_path / "folder", cwd=tmp_path), "folder")
+    assert not list((tmp_path / "folder").iterdir())
