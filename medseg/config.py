@@ -24,6 +24,8 @@ Triple = tuple[PosInt, PosInt, PosInt]
 MAX_CONFIG_VALUES = 100_000  # a YAML file whose anchors/aliases expand beyond this is refused
 MAX_ECHO = 120  # characters of a bad value echoed in an error message
 NormName = Literal[NORMS]  # type: ignore[valid-type]  # the registry's names (medseg/norm_registry.py)
+AUTO = "auto"  # a value the dataset decides: planned at the start of training (medseg/models/planner.py)
+Auto = Literal["auto"]
 
 
 class _Strict(BaseModel):
@@ -92,31 +94,54 @@ class AugmentConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """The 3D U-Net (MONAI DynUNet)."""
+    """The 3D U-Net (MONAI DynUNet). ``filters``, ``strides`` and ``kernel_size`` may be ``auto``: the
+    network is then planned from the dataset at the start of training (nnU-Net's rules,
+    :mod:`medseg.models.planner`), and the run's ``config.yaml`` holds what was planned."""
 
     norm: NormName = "instance"
     num_groups: int = Field(8, ge=1, description="Groups for norm=group.")
-    filters: list[PosInt] = Field(default_factory=lambda: [16, 32, 64, 128], max_length=12,
-                                  description="Feature maps per level (each >= 1).")
-    strides: list[PosInt | Triple] = Field(
-        default_factory=lambda: [1, 2, 2, 2], max_length=12, description="Per level (each >= 1); the first is usually 1."
+    filters: list[PosInt] | Auto = Field(default_factory=lambda: [16, 32, 64, 128], max_length=12,
+                                         description="Feature maps per level (each >= 1), or auto.")
+    strides: list[PosInt | Triple] | Auto = Field(
+        default_factory=lambda: [1, 2, 2, 2], max_length=12,
+        description="Per level (each >= 1); the first is usually 1. auto (with filters: auto) plans them."
     )
-    kernel_size: int = Field(3, ge=1, le=7, description="Odd convolution kernel size (padding keeps the shape).")
+    kernel_size: PosInt | list[Triple] | Auto = Field(
+        3, description="Odd convolution kernel size (padding keeps the shape), one per level (triples), or auto.")
+    plan_memory_gb: float | None = Field(None, gt=0, description="Training memory budget (GB) of a planned "
+                                         "network; null = the planner's default for the device.")
     deep_supervision: bool = False
     res_block: bool = False
 
+    @property
+    def planned(self) -> bool:
+        """Some of the network is ``auto``: planned from the dataset at the start of training."""
+        return AUTO in (self.filters, self.strides, self.kernel_size)
+
     @model_validator(mode="after")
     def _levels(self):
-        if len(self.filters) != len(self.strides):
+        if self.strides == AUTO and self.filters != AUTO:
+            raise ValueError("strides: auto plans the levels, so filters must be auto too")
+        if self.strides == AUTO and self.kernel_size != AUTO and "kernel_size" in self.model_fields_set:
+            raise ValueError("strides: auto plans the kernel sizes with them: set kernel_size: auto (or leave it out)")
+        if self.strides == AUTO:
+            object.__setattr__(self, "kernel_size", AUTO)  # planned with the strides
+            return self
+        if self.kernel_size == AUTO:
+            raise ValueError("kernel_size: auto needs strides: auto (the kernels are planned with the levels)")
+        if self.filters != AUTO and len(self.filters) != len(self.strides):
             raise ValueError(f"filters ({len(self.filters)}) and strides ({len(self.strides)}) need one entry per level")
-        if len(self.filters) < 2:
+        if len(self.strides) < 2:
             raise ValueError("the U-Net needs at least 2 levels")
+        if isinstance(self.kernel_size, list) and len(self.kernel_size) != len(self.strides):
+            raise ValueError(f"kernel_size has {len(self.kernel_size)} levels and strides {len(self.strides)}")
         return self
 
     @field_validator("kernel_size")
     @classmethod
     def _odd_kernel(cls, v):
-        if v % 2 == 0:
+        sizes = [v] if isinstance(v, int) else [k for t in v for k in t] if isinstance(v, list) else []
+        if any(k % 2 == 0 for k in sizes):
             raise ValueError("must be odd: an even kernel cannot keep the feature maps' shape, so the skip "
                              "connections would not line up")
         return v
@@ -127,7 +152,8 @@ class TrainConfig(_Strict):
 
     epochs: int = Field(50, ge=1)
     iterations_per_epoch: int = Field(100, ge=1)
-    batch_size: int = Field(2, ge=1)
+    batch_size: PosInt | Auto = Field(2, description="Patches per iteration (per process), or auto: the planner's "
+                                        "(with a planned network: memory budget, at most 5 % of the dataset's voxels).")
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.01, gt=0)
     momentum: float = Field(0.99, ge=0, lt=1)
@@ -221,9 +247,10 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _network_fits(self):
-        if self.sampling.patch_size is not None:
+        if self.sampling.patch_size is not None and self.model.strides != AUTO:
             check_patch_size(self.sampling.patch_size, self.model.strides)
-        norm_spec(self.model.norm, list(self.model.filters), self.model.num_groups)
+        if self.model.filters != AUTO:
+            norm_spec(self.model.norm, list(self.model.filters), self.model.num_groups)
         return self
 
 

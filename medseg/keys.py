@@ -44,4 +44,5 @@ SWEEP_KEY_TAG = "medseg.sweep_key"  # a child's cell: <norm>_bs<batch size>_seed
 SUPERSEDED_TAG = "medseg.superseded"  # "true" on a child run replaced by a later attempt
 FAILED_CHILDREN_TAG = "medseg.failed_children"
 SINGLE_EXAMPLE_CONV_TAG = "medseg.single_example_conv"  # "onednn": a run whose code routes N = 1 (models/onednn_conv.py)
+PLANNED_TAG = "medseg.planned_network"  # "true" on a run whose config had `auto` values (planned from the data)
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own: nests a run under its parent in the UI

@@ -53,6 +53,7 @@ BASE_FILTERS = {"cuda": 32, "cpu": 16}  # feature maps at full resolution, per d
 MAX_FILTERS = 320
 MIN_BATCH = 2
 MAX_BATCH_SHARE = 0.05  # one batch covers at most this share of the dataset's voxels
+NETWORK_PLAN_FILE = "network_plan.json"  # a run folder's record of what was planned and why
 DEFAULT_MEMORY_GB = {"cuda": 8.0, "cpu": 2.0}  # the training budget per device kind (nnU-Net's reference: 8 GB)
 
 
@@ -132,8 +133,25 @@ def topology(spacing, patch_size) -> Topology:
     return Topology(strides, kernels, divisor)
 
 
-def _filters(levels: int, device: str) -> list[int]:
+def planned_filters(levels: int, device: str) -> list[int]:
+    """Feature maps per level: :data:`BASE_FILTERS` for the device, doubling, at most :data:`MAX_FILTERS`."""
     return [min(BASE_FILTERS[device] * 2 ** i, MAX_FILTERS) for i in range(levels)]
+
+
+def planned_batch(filters: list[int], strides: list, patch_size, in_channels: int, out_channels: int,
+                  dataset_voxels: float, memory_gb: float) -> tuple[int, str]:
+    """The batch size for a network and patch: at least :data:`MIN_BATCH`, grown while one training
+    iteration fits ``memory_gb`` and one batch covers at most :data:`MAX_BATCH_SHARE` of
+    ``dataset_voxels``; and the reason."""
+    budget = memory_gb * 2**30
+    share_cap = max(MIN_BATCH, int(MAX_BATCH_SHARE * dataset_voxels // math.prod(patch_size)))
+    batch = MIN_BATCH
+    while batch + 1 <= share_cap and training_memory_bytes(filters, strides, patch_size, batch + 1, in_channels,
+                                                            out_channels) <= budget:
+        batch += 1
+    limit = "the memory budget" if batch < share_cap else f"{MAX_BATCH_SHARE:.0%} of the dataset's voxels"
+    return batch, (f"batch {batch}: at least {MIN_BATCH}, grown until {limit} ({dataset_voxels / 1e6:.3g} M voxels "
+                   f"at the target spacing; {share_cap} patches would be {MAX_BATCH_SHARE:.0%})")
 
 
 def _round_up(patch, divisor) -> tuple[int, int, int]:
@@ -144,7 +162,8 @@ def _memory(topo: Topology, filters: list[int], patch, batch: int, in_channels: 
     return training_memory_bytes(filters, topo.strides, patch, batch, in_channels, out_channels)
 
 
-def plan_network(fingerprint: dict, device: str = "cpu", memory_gb: float | None = None) -> NetworkPlan:
+def plan_network(fingerprint: dict, device: str = "cpu", memory_gb: float | None = None, *,
+                 spacing=None, patch_size=None) -> NetworkPlan:
     """Plan the network for a dataset.
 
     Args:
@@ -152,6 +171,9 @@ def plan_network(fingerprint: dict, device: str = "cpu", memory_gb: float | None
             per-case ``spacing`` and ``shape``, ``modality``, ``labels``).
         device: ``cpu`` or ``cuda`` (the filters' start and the default budget).
         memory_gb: the training memory budget (GiB); default :data:`DEFAULT_MEMORY_GB` for the device.
+        spacing: a target spacing (mm) to plan for instead of the planned one.
+        patch_size: a patch (voxels) to plan the topology and batch for, kept as it is (not shrunk
+            to the budget; it must be a multiple of the topology's downsampling).
 
     Returns:
         the plan, with a reason per decision.
@@ -169,20 +191,29 @@ def plan_network(fingerprint: dict, device: str = "cpu", memory_gb: float | None
     cases = list(fingerprint["cases"].values())
     spacings = np.array([c["spacing"] for c in cases], dtype=float)
     shapes = np.array([c["shape"] for c in cases], dtype=float)
-    spacing, why_spacing = target_spacing(spacings)
+    if spacing is None:
+        spacing, why_spacing = target_spacing(spacings)
+    else:
+        spacing, why_spacing = tuple(float(v) for v in spacing), "given"
     resampled = shapes * spacings / np.asarray(spacing)  # each case's shape at the target spacing
     median_shape = np.median(resampled, axis=0)
     dataset_voxels = float(np.sum(np.prod(resampled, axis=1)))
     in_ch, out_ch = len(fingerprint["modality"]), max(int(k) for k in fingerprint["labels"]) + 1
     reasons = [f"target spacing {_mm(spacing)}: {why_spacing}"]
 
-    patch = tuple(max(1, int(round(m))) for m in median_shape)
-    topo = topology(spacing, patch)
-    patch = _round_up(patch, topo.divisor)
-    filters = _filters(len(topo.strides), device)
-    reasons.append(f"patch starts at the median shape at the target spacing, {_vox(median_shape)}, rounded up to "
-                   f"{_vox(patch)}")
-    while _memory(topo, filters, patch, MIN_BATCH, in_ch, out_ch) > budget:
+    if patch_size is not None:
+        patch = tuple(int(p) for p in patch_size)
+        topo = topology(spacing, patch)
+        filters = planned_filters(len(topo.strides), device)
+        reasons.append(f"patch {_vox(patch)}: given")
+    else:
+        patch = tuple(max(1, int(round(m))) for m in median_shape)
+        topo = topology(spacing, patch)
+        patch = _round_up(patch, topo.divisor)
+        filters = planned_filters(len(topo.strides), device)
+        reasons.append(f"patch starts at the median shape at the target spacing, {_vox(median_shape)}, rounded up "
+                       f"to {_vox(patch)}")
+    while patch_size is None and _memory(topo, filters, patch, MIN_BATCH, in_ch, out_ch) > budget:
         ratios = [p / m for p, m in zip(patch, median_shape)]
         order = sorted(range(3), key=lambda a: -ratios[a])
         axis = next((a for a in order if patch[a] - topo.divisor[a] >= MIN_FEATURE_MAP), None)
@@ -195,17 +226,12 @@ def plan_network(fingerprint: dict, device: str = "cpu", memory_gb: float | None
         shrunk[axis] -= topo.divisor[axis]
         topo = topology(spacing, shrunk)
         patch = _round_up(shrunk, topo.divisor)
-        filters = _filters(len(topo.strides), device)
-    reasons.append(f"patch {_vox(patch)}: the largest, shrinking the axis largest relative to the median shape, "
-                   f"whose training iteration at batch {MIN_BATCH} fits {budget_gb:g} GB")
-    batch = MIN_BATCH
-    share_cap = max(MIN_BATCH, int(MAX_BATCH_SHARE * dataset_voxels // math.prod(patch)))
-    while batch + 1 <= share_cap and _memory(topo, filters, patch, batch + 1, in_ch, out_ch) <= budget:
-        batch += 1
-    limit = "the memory budget" if batch < share_cap else f"{MAX_BATCH_SHARE:.0%} of the dataset's voxels"
-    reasons.append(f"batch {batch}: at least {MIN_BATCH}, grown until {limit} "
-                   f"({dataset_voxels / 1e6:.3g} M voxels at the target spacing; {share_cap} patches would be "
-                   f"{MAX_BATCH_SHARE:.0%})")
+        filters = planned_filters(len(topo.strides), device)
+    if patch_size is None:
+        reasons.append(f"patch {_vox(patch)}: the largest, shrinking the axis largest relative to the median shape, "
+                       f"whose training iteration at batch {MIN_BATCH} fits {budget_gb:g} GB")
+    batch, why_batch = planned_batch(filters, topo.strides, patch, in_ch, out_ch, dataset_voxels, budget_gb)
+    reasons.append(why_batch)
     reasons.append(f"{len(topo.strides)} levels: an axis is downsampled while its feature map keeps >= "
                    f"{MIN_FEATURE_MAP} voxels and its spacing is within {POOL_SPACING_RATIO:g}x of the finest; "
                    f"kernel 1 along an axis still coarser (total downsampling {_vox(topo.divisor)})")
@@ -215,6 +241,14 @@ def plan_network(fingerprint: dict, device: str = "cpu", memory_gb: float | None
     estimate = _memory(topo, filters, patch, batch, in_ch, out_ch) / 2**30
     return NetworkPlan(spacing, patch, batch, filters, topo.strides, topo.kernel_sizes, device, budget_gb,
                        estimate, reasons)
+
+
+def dataset_voxels(fingerprint: dict, spacing) -> float:
+    """The dataset's voxels at ``spacing`` (mm): every case's volume in voxels after resampling."""
+    cases = list(fingerprint["cases"].values())
+    spacings = np.array([c["spacing"] for c in cases], dtype=float)
+    shapes = np.array([c["shape"] for c in cases], dtype=float)
+    return float(np.sum(np.prod(shapes * spacings / np.asarray(spacing, dtype=float), axis=1)))
 
 
 def _mm(values) -> str:

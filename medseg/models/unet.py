@@ -25,7 +25,8 @@ class NetworkSpec:
         out_channels: classes including background.
         filters: channels per level, e.g. ``[16, 32, 64, 128]``.
         strides: per level (int or per-axis triple); the first is usually 1.
-        kernel_size: convolution kernel size (voxels).
+        kernel_size: convolution kernel size (voxels): one odd int for every level and axis, or per
+            level a triple (a planned network: 1 along an axis much coarser than the others).
         norm: ``instance | group | layer | batch | none``.
         num_groups: groups for ``group``.
         deep_supervision: also output (upsampled) predictions of the lower decoder levels in training.
@@ -36,7 +37,7 @@ class NetworkSpec:
     out_channels: int
     filters: list[int] = field(default_factory=lambda: list(_DEFAULT.filters))
     strides: list = field(default_factory=lambda: list(_DEFAULT.strides))
-    kernel_size: int = _DEFAULT.kernel_size
+    kernel_size: int | list = _DEFAULT.kernel_size
     norm: str = _DEFAULT.norm
     num_groups: int = _DEFAULT.num_groups
     deep_supervision: bool = _DEFAULT.deep_supervision
@@ -49,7 +50,8 @@ class NetworkSpec:
         ``out_channels`` classes (background included); ``norm`` overrides the section's norm."""
         return cls(in_channels=in_channels, out_channels=out_channels, filters=list(model.filters),
                    strides=[list(s) if isinstance(s, tuple) else s for s in model.strides],
-                   kernel_size=model.kernel_size, norm=norm or model.norm, num_groups=model.num_groups,
+                   kernel_size=[list(k) for k in model.kernel_size] if isinstance(model.kernel_size, list)
+                   else model.kernel_size, norm=norm or model.norm, num_groups=model.num_groups,
                    deep_supervision=model.deep_supervision, res_block=model.res_block)
 
     @property
@@ -83,7 +85,7 @@ def build_unet(spec: NetworkSpec, seed: int | None = None) -> torch.nn.Module:
             return build_unet(spec)
     norm = norm_spec(spec.norm, list(spec.filters), spec.num_groups)
     n = len(spec.filters)
-    kernels = [spec.kernel_size] * n
+    kernels = list(spec.kernel_size) if isinstance(spec.kernel_size, list) else [spec.kernel_size] * n
     net = DynUNet(
         spatial_dims=3, in_channels=spec.in_channels, out_channels=spec.out_channels, kernel_size=kernels,
         strides=list(spec.strides), upsample_kernel_size=list(spec.strides)[1:], filters=list(spec.filters),

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Literal
 
 from medseg.atomic import atomic_write_text
-from medseg.config import Config, config_to_yaml, flatten
+from medseg.config import AUTO, Config, config_to_yaml, flatten
 from medseg.errors import ConfigError, Interrupted, MedsegError
 from medseg.keys import (
     FAILED_CHILDREN_TAG,
@@ -431,6 +431,10 @@ def run_sweep(base: Config, spec: SweepSpec, *, sweep_dir: Path | None = None, s
     """
     if base.data.root is None:
         raise ConfigError("no dataset: set data.root in the config or pass --data DIR", "data.root")
+    if base.model.planned or base.train.batch_size == AUTO:
+        raise ConfigError("a sweep's children must share one network and know their batch size, so its base config "
+                          "takes no `auto`: run `medseg plan --data DIR` and write the planned filters, strides, "
+                          "kernel_size and batch_size into the config", "model / train.batch_size")
     from medseg.data import read_dataset
     dataset = read_dataset(base.data.root)  # bad data fails here, once, not in every child
     doc = base.model_dump(mode="json")

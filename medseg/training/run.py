@@ -34,6 +34,7 @@ from medseg.keys import (
     PARENT_RUN_TAG,
     PATCHES_PER_SECOND,
     PEAK_MEMORY_MB,
+    PLANNED_TAG,
     RUN_DIR_TAG,
     SECONDS_PER_ITERATION,
     SINGLE_EXAMPLE_CONV_TAG,
@@ -67,6 +68,8 @@ from medseg.training.state import (
     restore,
     save_training_state,
 )
+from medseg.models.planner import NETWORK_PLAN_FILE, NetworkPlan
+from medseg.training.planning import resolve_auto
 from medseg.training.bn_modes import PRECISE_BN_PATCHES, batch_norm_modes, training_batches
 from medseg.training.validation import Validator
 
@@ -179,6 +182,7 @@ class RunContext:
         device: the training device. amp: the effective autocast mode (:mod:`medseg.precision`).
         info: DDP rank info. progress, log: progress bars and log lines (silent on ranks > 0).
         run_dir: the run folder. tracker: its MLflow run (a no-op :class:`RankTracker` on ranks > 0).
+        network_plan: what the planner chose for the config's ``auto`` values (None without any).
     """
 
     cfg: Config
@@ -191,6 +195,7 @@ class RunContext:
     log: Log
     run_dir: Path | None = None
     tracker: Tracker | RankTracker | None = None
+    network_plan: NetworkPlan | None = None
 
     @property
     def checkpoints(self) -> Path:
@@ -212,6 +217,7 @@ def _run(cfg: Config, resume_dir: Path | None, device: torch.device, info: dist.
     fingerprint, _ = load_or_compute_fingerprint(spec, cfg.data.cache_dir, progress)
     if info.is_main:
         dist.barrier(info)
+    cfg, network_plan = resolve_auto(cfg, fingerprint, device)  # `auto` network, patch, batch: planned here
     net_spec = NetworkSpec.from_config(cfg.model, len(spec.modality), spec.num_classes)
     network = build_unet(net_spec, seed=cfg.seed).to(device)  # initial weights from the seed alone (paired study)
     plan = make_plan(fingerprint, target_spacing=cfg.preprocess.target_spacing, patch_size=cfg.sampling.patch_size,
@@ -232,7 +238,9 @@ def _run(cfg: Config, resume_dir: Path | None, device: torch.device, info: dist.
         _check_resumable(resume_dir, cfg, fingerprint, split)
     _check_memory(cfg, net_spec, plan.patch_size, device)
     amp = effective_amp(device, cfg.train.amp)  # what runs: bf16 on CPU only where it is native
-    ctx = RunContext(cfg, plan, net_spec, device, amp, info, progress, log)
+    ctx = RunContext(cfg, plan, net_spec, device, amp, info, progress, log, network_plan=network_plan)
+    for reason in network_plan.reasons if network_plan else []:
+        log(f"planned: {reason}")
     _open_run(ctx, spec.name, resumed[0] if resumed else None, resume_dir,
               f"{len(train_items)} training / {len(val_items)} validation cases")
     try:
@@ -365,7 +373,12 @@ def _record_inputs(ctx: RunContext, spec, fingerprint: dict, split: dict) -> Non
                    for k, v in plan.to_dict().items()}
     tracker.log_params({**flatten(cfg), **plan_params, "data.num_train_cases": len(split["train"]),
                         "data.num_val_cases": len(split["val"])})
-    for name in ("config.yaml", "split.json", "fingerprint.json", "plan.json"):
+    names = ["config.yaml", "split.json", "fingerprint.json", "plan.json"]
+    if ctx.network_plan is not None:  # what was planned, and why
+        atomic_write_text(run_dir / NETWORK_PLAN_FILE, json.dumps(ctx.network_plan.to_dict(), indent=1))
+        tracker.set_tags({PLANNED_TAG: "true"})
+        names.append(NETWORK_PLAN_FILE)
+    for name in names:
         tracker.log_artifact(run_dir / name)
     by_id = {c.case_id: c for c in spec.cases}
     for context, key in (("training", "train"), ("validation", "val")):

@@ -68,3 +68,14 @@ def test_a_bad_execution_is_refused_by_name(kwargs, word):
     with pytest.raises(ConfigError) as e:
         Execution(**kwargs)
     assert e.value.path == word
+
+
+@pytest.mark.parametrize("override", [["model.filters=auto", "model.strides=auto"], ["train.batch_size=auto"]])
+def test_a_sweep_refuses_auto_before_any_run(override, tmp_path):
+    from medseg.config import load_config
+    from medseg.study.sweep import run_sweep
+    from tests.conftest import ROOT, SAMPLE
+    cfg = load_config(ROOT / "configs/demo.yaml", [f"data.root={SAMPLE}", f"output_dir={tmp_path}", *override])
+    with pytest.raises(ConfigError, match="medseg plan"):
+        run_sweep(cfg, SweepSpec(norms=("instance",), batch_sizes=(1,), seeds=(0,), budget="samples", budget_value=6))
+    assert not list(tmp_path.iterdir())  # nothing written, no MLflow run
