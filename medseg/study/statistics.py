@@ -166,14 +166,15 @@ def random_effect_interval(grid: np.ndarray, confidence: float = CONFIDENCE) -> 
         return RandomEffectInterval(mean, mean, mean, 1.0 if mean == 0 else 0.0, math.inf, 0.0, 0.0, 0.0)
     import warnings
 
-    import pandas as pd
-    from statsmodels.regression.mixed_linear_model import MixedLM
-    data = pd.DataFrame({"y": grid.ravel(), "seed": np.repeat(np.arange(n_seeds), n_cases),
-                         "case": np.tile(np.arange(n_cases), n_seeds), "all": 0})
+    from statsmodels.regression.mixed_linear_model import MixedLM, VCSpec
+    n = n_seeds * n_cases  # rows seed-major: row s * C + c is (seed s, case c)
+    seed_z, case_z = np.kron(np.eye(n_seeds), np.ones((n_cases, 1))), np.kron(np.ones((n_seeds, 1)), np.eye(n_cases))
+    components_spec = VCSpec(["seed", "case"], [[[f"seed{i}" for i in range(n_seeds)]],
+                                                [[f"case{i}" for i in range(n_cases)]]], [[seed_z], [case_z]])
     with warnings.catch_warnings():  # a component at 0 (its boundary) warns (convergence, singular
         warnings.simplefilter("ignore")  # covariance); the estimate is still REML's, truncated at 0
-        model = MixedLM.from_formula("y ~ 1", data, groups="all", re_formula="0",
-                                     vc_formula={"seed": "0 + C(seed)", "case": "0 + C(case)"})
+        # one group holding every row, no random effect but the two crossed variance components
+        model = MixedLM(grid.ravel(), np.ones((n, 1)), np.zeros(n), exog_re=np.zeros((n, 0)), exog_vc=components_spec)
         fit = model.fit(reml=True)
     components = dict(zip(model.exog_vc.names, np.maximum(np.asarray(fit.vcomp, dtype=float), 0.0)))
     resid2 = float(fit.scale)
@@ -181,7 +182,7 @@ def random_effect_interval(grid: np.ndarray, confidence: float = CONFIDENCE) -> 
     dfs = np.array([n_seeds - 1, n_cases - 1, (n_seeds - 1) * (n_cases - 1)], dtype=float)
     combined = ms[0] + ms[1] - ms[2]
     df = float(combined ** 2 / np.sum(ms ** 2 / dfs)) if combined > 0 else float(n_seeds - 1)
-    mu, se = float(fit.fe_params.iloc[0]), float(fit.bse_fe.iloc[0])
+    mu, se = float(np.asarray(fit.fe_params)[0]), float(np.asarray(fit.bse_fe)[0])
     half = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
     p = float(2 * stats.t.sf(abs(mu) / se, df)) if se > 0 else (1.0 if mu == 0 else 0.0)
     return RandomEffectInterval(mu, mu - half, mu + half, p, df, math.sqrt(components["seed"]),

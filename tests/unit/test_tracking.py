@@ -57,8 +57,8 @@ def test_many_metrics_and_params_are_logged_without_chunking_by_hand(tmp_path):
     from medseg.tracking import Tracker
 
     tracker = Tracker(fresh_store(tmp_path / "store.db"), "e", "many", {})
-    tracker.log_metrics({f"final_case_dice/case{i}/a": i / 2500 for i in range(2500)}, step=3)
-    tracker.log_params({f"p{i}": i for i in range(250)})
+    tracker.log_metrics({f"final_case_dice/case{i}/a": i / 1500 for i in range(1500)}, step=3)
+    tracker.log_params({f"p{i}": i for i in range(150)})
     run = tracker.client.get_run(tracker.run_id)
-    assert len(run.data.metrics) == 2500 and run.data.metrics["final_case_dice/case2499/a"] == 2499 / 2500
-    assert len(run.data.params) == 250
+    assert len(run.data.metrics) == 1500 and run.data.metrics["final_case_dice/case1499/a"] == 1499 / 1500
+    assert len(run.data.params) == 150

@@ -1,6 +1,8 @@
 """medseg.training.bn_modes and medseg.models.norms.precise_batch_norm: batch norm's final network
 inferred with running averages (a), each window's own statistics (b) and re-estimated population
 statistics (c), on a tiny network."""
+import functools
+
 import numpy as np
 import torch
 
@@ -18,7 +20,24 @@ PATCH = (16, 16, 16)
 F32_EPS = float(torch.finfo(torch.float32).eps)
 
 
+@functools.cache
+def _trained() -> tuple[dict, dict]:
+    """The state dicts of :func:`_trained_pair` (trained once per session)."""
+    bn, inorm = _train_pair()
+    return bn.state_dict(), inorm.state_dict()
+
+
 def _trained_pair():
+    """Fresh copies of the trained batch-norm and instance-norm networks (tests may change them)."""
+    bn_state, in_state = _trained()
+    bn = build_unet(NetworkSpec(in_channels=1, out_channels=3, norm="batch", **SMALL))
+    inorm = build_unet(NetworkSpec(in_channels=1, out_channels=3, norm="instance", **SMALL))
+    bn.load_state_dict(bn_state)
+    inorm.load_state_dict(in_state)
+    return bn.eval(), inorm.eval()
+
+
+def _train_pair():
     """A batch-norm network after a few steps (so its running averages and affine weights are not
     the initial ones) and an instance-norm network with the same weights."""
     torch.manual_seed(0)
