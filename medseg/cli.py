@@ -14,7 +14,7 @@ from rich.table import Table
 
 from medseg import __version__
 from medseg.errors import EXIT_FAILED_CASES, Interrupted, MedsegError
-from medseg.keys import SWEEP_ID_TAG
+from medseg.keys import SWEEP_ID_TAG, check_sweep_id
 from medseg.norm_registry import NORMS
 from medseg.progress import rich_progress, silent
 from medseg.study.rules import EVALUATIONS, EXECUTORS, JOBS, LR_RULE, NEGLIGIBLE, PLATEAU_DELTA, SLURM_TIMEOUT_MIN
@@ -477,8 +477,11 @@ def report(
     _folder_option(output, "--output")
     uri = existing_store(tracking_uri)
     sweep_ids = sweep_ids or []
-    if any(not s.strip() for s in sweep_ids):
-        raise MedsegError("empty sweep id", "--sweep")
+    for sid in sweep_ids:
+        try:
+            check_sweep_id(sid, "--sweep")
+        except ValueError as e:
+            raise MedsegError(str(e), "--sweep") from None
     if pool and len(sweep_ids) < 2:
         raise MedsegError("--pool needs two or more --sweep", "--pool")
     if len(sweep_ids) > 1:
@@ -495,9 +498,13 @@ def report(
         result = build_pooled_report(uri, experiment, sweep_ids, output, plateau_delta, negligible)
     else:
         sweep_id = sweep_ids[0] if sweep_ids else None
-        if output is None:
+        if output is None:  # reports/<the sweep's id>, an id read from the store: only a plain name names a folder
             _, parent = find_sweep(Tracker.client_for(uri), experiment, sweep_id)
-            output = Path("reports") / parent.data.tags[SWEEP_ID_TAG]
+            stored = parent.data.tags.get(SWEEP_ID_TAG, "")
+            try:
+                output = Path("reports") / check_sweep_id(stored, "the store's sweep id")
+            except ValueError as e:
+                raise MedsegError(f"{e}; give the report folder with --output", uri) from None
         result = build_report(uri, experiment, output, sweep_id, log_to_parent=not no_log,
                               plateau_delta=plateau_delta, negligible=negligible)
     out.print(_summary_table(result))
@@ -523,6 +530,13 @@ def ui(
     uri = existing_store(tracking_uri)
     if uri.startswith(("http://", "https://")):
         raise MedsegError("this is already a tracking server: open it in a browser", uri)
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:  # MLflow logs a taken port and exits 0
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as e:
+            raise MedsegError(f"port {port} on 127.0.0.1 is in use or not allowed ({e.strerror}): choose another "
+                              "with --port", "medseg ui") from None
     base = f"http://127.0.0.1:{port}"
     _say(f"MLflow UI for {uri} at {base} (starting; Ctrl-C stops it). Runs pages:")
     for name, url in runs_page_urls(uri, base):

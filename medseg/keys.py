@@ -15,6 +15,22 @@ def mlflow_key(text: str, *, allow_slash: bool = True) -> str:
     return key if allow_slash else key.replace("/", "_")
 
 
+SWEEP_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a sweep id: a plain name (a folder, a query)
+
+
+def check_sweep_id(sweep_id: str, where: str = "--sweep-id") -> str:
+    """``sweep_id`` if it is a plain name (letters, digits, ``. _ -``, not starting with ``.`` or
+    ``-``, at most 100 characters), so it can name a folder and be put in an MLflow query.
+
+    Raises:
+        ValueError: naming ``where`` and what a sweep id may hold.
+    """
+    if not isinstance(sweep_id, str) or not SWEEP_ID_PATTERN.fullmatch(sweep_id):
+        raise ValueError(f"{where}: a sweep id is a plain name of letters, digits, '.', '_' and '-' (starting with a "
+                         f"letter or digit, at most 100 characters), not {sweep_id!r:.80}")
+    return sweep_id
+
+
 # MLflow metric keys of a training run (each epoch's row, then the run's summary)
 EPOCH = "epoch"  # a history row's epoch: the metrics' step, not a metric itself
 TRAIN_LOSS = "train_loss"

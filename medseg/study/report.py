@@ -33,6 +33,7 @@ import numpy as np
 
 from medseg.atomic import atomic_write_text, write_csv
 from medseg.errors import MedsegError
+from medseg.keys import check_sweep_id
 from medseg.keys import (
     BN_MODE_CASE_DICE,
     BN_MODE_DICE_MEAN,
@@ -78,10 +79,14 @@ def find_sweep(client, experiment: str, sweep_id: str | None = None):
     """The experiment id and the sweep's parent run (the newest sweep when ``sweep_id`` is None).
 
     Raises:
-        MedsegError: no such experiment, no sweep (with that id) in it, or an id with a quote.
+        MedsegError: no such experiment, no sweep (with that id) in it, or an id that is not a plain
+            name (:func:`medseg.keys.check_sweep_id`).
     """
-    if sweep_id and ("'" in sweep_id or '"' in sweep_id):
-        raise MedsegError("a sweep id has no quotes", sweep_id)
+    if sweep_id is not None:
+        try:
+            check_sweep_id(sweep_id, "--sweep")
+        except ValueError as e:
+            raise MedsegError(str(e), sweep_id) from None
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise MedsegError("no such MLflow experiment", experiment)

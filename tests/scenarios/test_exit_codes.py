@@ -418,3 +418,21 @@ def test_plan_prints_and_writes_the_planned_network(tmp_path):
     (tmp_path / "folder").mkdir()
     assert_refused(medseg("plan", "--data", SAMPLE, "--output", tmp_path / "folder", cwd=tmp_path), "folder")
     assert not list((tmp_path / "folder").iterdir())
+
+
+def test_ui_on_a_port_in_use_exits_2_with_one_line(tmp_path):
+    import socket
+    uri = fresh_store(tmp_path / "store.db")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert_refused(medseg("ui", "--tracking-uri", uri, "--port", port), f"port {port}", "--port")
+
+
+def test_a_sweep_id_that_is_not_a_plain_name_is_refused_before_any_work(tmp_path):
+    proc = medseg("sweep", "--config", ROOT / "configs/demo.yaml", "--data", SAMPLE, "--sweep-id", "../../../X",
+                  "--norms", "instance", "--batch-sizes", "1", "--seeds", "1", "--set", f"output_dir={tmp_path / 'runs'}",
+                  "--tracking-uri", fresh_store(tmp_path / "store.db"))
+    assert_refused(proc, "plain name")
+    assert not (tmp_path / "runs").exists() and not (tmp_path.parent.parent / "X").exists()

@@ -245,3 +245,27 @@ def test_a_child_that_did_not_learn_a_label_is_flagged(synthetic_store):
     _, rep = synthetic_store
     assert all(r["unlearned_labels"] == "" for r in rep["rows"])
     assert "did not learn a label" not in (rep["folder"] / "summary.md").read_text()
+
+
+def test_a_report_path_never_comes_from_a_sweep_id_in_the_store(synthetic_store, tmp_path, capsys, monkeypatch):
+    """A sweep id tag that is not a plain name (anyone who can write to a shared store can set one)
+    is refused when it would name the default report folder; nothing is written."""
+    import shutil
+
+    from mlflow import MlflowClient
+
+    from medseg.cli import run_cli
+    from medseg.keys import SWEEP_ID_TAG
+    shared, rep = synthetic_store
+    store = tmp_path / "store"
+    store.mkdir()
+    shutil.copy(shared.removeprefix("sqlite:///"), store / "store.db")  # a copy: the module's store stays as it is
+    uri = f"sqlite:///{store / 'store.db'}"
+    MlflowClient(tracking_uri=uri).set_tag(rep["parent_run_id"], SWEEP_ID_TAG, "../../../elsewhere")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    code = run_cli(["report", "-e", "study-test", "--tracking-uri", uri, "--no-log"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2 and "the store's sweep id" in err and "--output" in err and "Traceback" not in err
+    assert not list(work.iterdir()) and not (tmp_path.parent / "elsewhere").exists()

@@ -113,7 +113,8 @@ def test_medseg_report_with_several_sweeps_prints_whether_each_ranking_holds(two
     assert (tmp_path / "robustness.md").is_file()
     from medseg.cli import run_cli  # the error boundary: one line, exit code 2
     for args, message in ((["--sweep", "a", "--sweep", "a"], "two or more different sweeps"),
-                          (["--sweep", ""], "empty sweep id"), (["--sweep", "a'b"], "no quotes")):
+                          (["--sweep", ""], "a sweep id is a plain name"), (["--sweep", "a'b"], "plain name"),
+                          (["--sweep", "../../x"], "plain name")):
         code = run_cli(["report", "-e", "robust-test", "--tracking-uri", two_sweeps, "--no-log", "--output",
                         str(tmp_path / "x"), *args])
         err = capsys.readouterr().err
