@@ -523,20 +523,20 @@ def ui(
     SIGTERM stops it, and the web server processes MLflow starts with it."""
     import os
     import signal
+    import socket
     import subprocess
 
     from medseg.tracking import existing_store, runs_page_urls
 
-    uri = existing_store(tracking_uri)
-    if uri.startswith(("http://", "https://")):
-        raise MedsegError("this is already a tracking server: open it in a browser", uri)
-    import socket
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:  # MLflow logs a taken port and exits 0
         try:
             probe.bind(("127.0.0.1", port))
         except OSError as e:
             raise MedsegError(f"port {port} on 127.0.0.1 is in use or not allowed ({e.strerror}): choose another "
                               "with --port", "medseg ui") from None
+    uri = existing_store(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        raise MedsegError("this is already a tracking server: open it in a browser", uri)
     base = f"http://127.0.0.1:{port}"
     _say(f"MLflow UI for {uri} at {base} (starting; Ctrl-C stops it). Runs pages:")
     for name, url in runs_page_urls(uri, base):

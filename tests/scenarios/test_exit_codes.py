@@ -421,18 +421,20 @@ def test_plan_prints_and_writes_the_planned_network(tmp_path):
 
 
 def test_ui_on_a_port_in_use_exits_2_with_one_line(tmp_path):
+    """The port is checked first: before the store is opened (here it does not even exist)."""
     import socket
-    uri = fresh_store(tmp_path / "store.db")
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
         assert_refused(medseg("ui", "--tracking-uri", uri, "--port", port), f"port {port}", "--port")
+    assert not (tmp_path / "store.db").exists()
 
 
 def test_a_sweep_id_that_is_not_a_plain_name_is_refused_before_any_work(tmp_path):
     proc = medseg("sweep", "--config", ROOT / "configs/demo.yaml", "--data", SAMPLE, "--sweep-id", "../../../X",
                   "--norms", "instance", "--batch-sizes", "1", "--seeds", "1", "--set", f"output_dir={tmp_path / 'runs'}",
-                  "--tracking-uri", fresh_store(tmp_path / "store.db"))
+                  "--tracking-uri", f"sqlite:///{tmp_path / 'store.db'}")
     assert_refused(proc, "plain name")
-    assert not (tmp_path / "runs").exists() and not (tmp_path.parent.parent / "X").exists()
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "store.db").exists()
