@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medseg.errors import DataError
+from medseg.keys import mlflow_key
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -73,7 +74,6 @@ def _require(doc: dict, key: str, kind: type, path: Path):
 def _check_label_names(labels: dict[int, str], path: Path) -> None:
     """Label names become result columns and MLflow keys: they must be non-empty and unique, also
     after the characters MLflow refuses are replaced (``Anterior (head)`` is logged as ``Anterior _head_``)."""
-    from medseg.keys import mlflow_key
     seen: dict[str, int] = {}
     for value, name in sorted(labels.items()):
         if not name.strip():
@@ -129,7 +129,7 @@ def read_dataset(root: str | Path) -> DatasetSpec:
         raise DataError("'modality' is empty", path)
     if not training:
         raise DataError("the 'training' list is empty: no cases to train on", path)
-    cases, seen = [], set()
+    cases, seen, keys = [], set(), {}
     for i, entry in enumerate(training):
         if not isinstance(entry, dict) or not isinstance(entry.get("image"), str) or not isinstance(entry.get("label"), str):
             raise DataError(f"training[{i}] must be an object with 'image' and 'label' paths", path)
@@ -140,7 +140,13 @@ def read_dataset(root: str | Path) -> DatasetSpec:
         cid = case_id(image)
         if cid in seen:
             raise DataError(f"case {cid!r} is listed twice in 'training'", path)
+        key = mlflow_key(cid, allow_slash=False)
+        if key in keys:  # per-case Dice is logged as final_case_dice/<case>/<label>: one would overwrite the other
+            raise DataError(f"cases {keys[key]!r} and {cid!r} become the same MLflow key {key!r} (MLflow refuses "
+                            "characters other than letters, digits, '_ - . /' and space): rename one of the files",
+                            path)
         seen.add(cid)
+        keys[key] = cid
         cases.append(Case(cid, image, label))
     return DatasetSpec(root=root, name=str(doc.get("name", root.name)), modality=mods, labels=labels, cases=cases)
 

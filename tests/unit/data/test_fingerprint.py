@@ -33,3 +33,26 @@ def test_a_damaged_fingerprint_cache_is_recomputed(tmp_path):
         path.write_text(damage, encoding="latin-1")
         again, _ = load_or_compute_fingerprint(spec, tmp_path / "cache")
         assert again == first
+
+
+def test_case_ids_that_become_one_mlflow_key_are_refused(tmp_path):
+    """`x+1` and `x_1` are both logged as `final_case_dice/x_1/...`: one case's Dice would overwrite
+    the other's, and the study reads those keys."""
+    import json
+    import shutil
+
+    import pytest
+
+    from medseg.data import read_dataset
+    from medseg.errors import DataError
+    from tests.conftest import SAMPLE, copy_msd
+    ds = copy_msd(SAMPLE, tmp_path / "ds", n=2)
+    doc = json.loads((ds / "dataset.json").read_text())
+    for entry, name in zip(doc["training"], ("x+1", "x_1")):
+        for key, folder in (("image", "imagesTr"), ("label", "labelsTr")):
+            new = f"./{folder}/{name}.nii.gz"
+            shutil.move(ds / entry[key], ds / new)
+            entry[key] = new
+    (ds / "dataset.json").write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=r"'x\+1' and 'x_1' become the same MLflow key 'x_1'"):
+        read_dataset(ds)
