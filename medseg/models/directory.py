@@ -75,13 +75,39 @@ def save_model_dir(path: str | Path, network: torch.nn.Module, plan: Plan, spec:
 
 
 
+WEIGHTS_SLACK_BYTES = 1 << 20  # what torch.save adds beyond the tensors' bytes (pickle, zip records)
+
+
+def _check_weights_size(weights: Path, network: torch.nn.Module) -> None:
+    """Refuse a weights file that would unpack to more than the network's tensors take, before it is
+    loaded: a small, compressed file can inflate to many GB in memory.
+
+    Raises:
+        ModelError: the archive's members would unpack to more than the network's state dict in
+            bytes (with :data:`WEIGHTS_SLACK_BYTES` and 10 % to spare).
+    """
+    import zipfile
+    expected = sum(t.numel() * t.element_size() for t in network.state_dict().values())
+    allowed = int(expected * 1.1) + WEIGHTS_SLACK_BYTES
+    if not zipfile.is_zipfile(weights):  # torch's legacy format is not compressed: its size is the file's
+        return
+    with zipfile.ZipFile(weights) as archive:
+        unpacked = sum(info.file_size for info in archive.infolist())
+    if unpacked > allowed:
+        raise ModelError(f"the weights would unpack to {unpacked / 2**20:.1f} MB, but this network's tensors take "
+                         f"{expected / 2**20:.1f} MB: the file is not this model's weights (refused before loading)",
+                         weights)
+
+
 def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Read a model directory and rebuild its network in eval mode on ``device``.
 
     Raises:
         ModelError: the folder or a file is missing, the metadata is not valid JSON, the format
             version is newer than this medseg understands, the weights' checksum does not match,
-            the weights file holds anything but tensors, or the weights do not fit the network.
+            the weights would unpack to more bytes than the network's tensors (checked before they
+            are loaded), the weights file holds anything but tensors, or the weights do not fit the
+            network.
     """
     path = Path(path)
     if not path.is_dir():
@@ -113,6 +139,7 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
     if file_sha256(path / WEIGHTS_FILE) != expected:
         raise ModelError("checksum mismatch: the file is not the one this model directory was exported with "
                          "(damaged or replaced)", path / WEIGHTS_FILE)
+    _check_weights_size(path / WEIGHTS_FILE, network)
     try:
         state = load_checkpoint(path / WEIGHTS_FILE)
         network.load_state_dict(state)

@@ -91,3 +91,18 @@ def test_a_model_directory_is_readable_by_the_group_and_replaced_whole(tmp_path)
     assert {stat.S_IMODE(f.stat().st_mode) for f in path.iterdir()} == {0o640}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     load_model_dir(path)
+
+
+def test_weights_that_would_inflate_are_refused_before_loading(model_dir):
+    """A small deflated archive that unpacks to far more than the network's tensors (here 200 MB of
+    zeros in 0.2 MB), with a checksum that matches, is refused unread."""
+    import zipfile
+    weights = model_dir / "weights.pt"
+    with zipfile.ZipFile(weights, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("archive/data.pkl", b"\0" * (200 << 20))
+    assert weights.stat().st_size < 1 << 20
+    meta = json.loads((model_dir / "medseg_model.json").read_text())
+    meta["checksums"]["weights.pt"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (model_dir / "medseg_model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match=r"would unpack to 200.0 MB.*refused before loading"):
+        load_model_dir(model_dir)
