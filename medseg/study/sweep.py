@@ -47,6 +47,7 @@ from medseg.keys import (
     SWEEP_ROLE_TAG,
 )
 from medseg.signals import stop_on_signals
+from medseg.study.gpus import Gpu, GpuPlacer, child_need_bytes, gpu_inventory
 from medseg.study.rules import EVALUATIONS, EXECUTORS, JOBS, LR_RULE, SLURM_TIMEOUT_MIN
 from medseg.tracking import Tracker, resolve_tracking_uri
 
@@ -229,30 +230,37 @@ def _measure_seconds_per_iteration(base: Config, child: Child, in_channels: int,
 
 @dataclass(frozen=True)
 class Task:
-    """One child's ``medseg train`` command line, with the line to log when it starts."""
+    """One child's ``medseg train`` command line, with the line to log when it starts, and the
+    estimated bytes of its training iteration (what places it on a GPU; 0 when unknown)."""
 
     key: str
     cmd: list[str]
     note: str
+    memory_bytes: int = 0
 
 
-def child_environment(slot: int, jobs: int, cpus: int | None = None, gpus: int | None = None) -> dict[str, str]:
+def child_environment(slot: int, jobs: int, cpus: int | None = None, gpus: int | None = None,
+                      gpu: int | None = None) -> dict[str, str]:
     """Environment of the child in ``slot`` (0 <= slot < jobs) when ``jobs`` children share this machine.
 
-    With GPUs, child ``slot`` sees one GPU (``CUDA_VISIBLE_DEVICES``, round robin over the GPUs);
-    the CPU threads are split evenly (``OMP_NUM_THREADS``, which torch reads at start-up; at least 1).
-    One job changes nothing.
+    The child sees one GPU (``CUDA_VISIBLE_DEVICES``): ``gpu`` when given (placed by memory,
+    :class:`medseg.study.gpus.GpuPlacer`), else round robin over the ``gpus`` GPUs; the CPU threads are
+    split evenly (``OMP_NUM_THREADS``, which torch reads at start-up; at least 1). One job changes
+    nothing but the GPU.
     """
     env = dict(os.environ)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     if jobs <= 1:
         return env
     cpus = cpus if cpus is not None else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                           else os.cpu_count() or 1)
-    if gpus is None:
-        import torch
-        gpus = torch.cuda.device_count()
-    if gpus:
-        env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
+    if gpu is None:
+        if gpus is None:
+            import torch
+            gpus = torch.cuda.device_count()
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(max(1, cpus // jobs))
     return env
 
@@ -270,20 +278,36 @@ def keep_priority(pid: int) -> None:
             pass
 
 
-def run_local(tasks: list[Task], jobs: int, log: Log) -> tuple[dict[str, int], str | None]:
+def run_local(tasks: list[Task], jobs: int, log: Log, gpus: list[Gpu] | None = None) -> tuple[dict[str, int], str | None]:
     """Run the tasks as subprocesses, at most ``jobs`` at once, each in its own session.
+
+    With ``gpus`` (:func:`medseg.study.gpus.gpu_inventory`), each child goes to a GPU by its
+    memory estimate (:class:`medseg.study.gpus.GpuPlacer`): several children share a GPU while their
+    estimates fit its free memory, and a child with no room waits for one to end.
 
     SIGINT/SIGTERM stop it: every running child gets SIGTERM (it saves a checkpoint and exits), no
     new child starts.
 
     Returns:
         (``{key: exit code}`` of the children that ended on their own, the signal's name or None).
+
+    Raises:
+        MedsegError: with ``gpus``, a child that would not fit on any of them even alone (before any
+            child starts).
     """
-    running: dict[int, tuple[Task, subprocess.Popen, float]] = {}  # slot -> (task, process, start)
+    placer = GpuPlacer(list(gpus)) if gpus else None
+    if placer:
+        for task in tasks:
+            need = child_need_bytes(task.memory_bytes)
+            if not placer.fits_ever(need):
+                raise MedsegError(f"child {task.key} needs about {need / 2**30:.1f} GiB of GPU memory and the GPU with "
+                                  f"the most has {max(g.free_bytes for g in placer.gpus) / 2**30:.1f} GiB free: lower "
+                                  "its patch size, batch size or filters", "--jobs")
+    running: dict[int, tuple[Task, subprocess.Popen, float, int | None]] = {}  # slot -> (task, process, start, gpu)
     codes: dict[str, int] = {}
 
     def forward(_name: str) -> None:
-        for _task, proc, _start in running.values():
+        for _task, proc, _start, _gpu in running.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)  # the child checkpoints and exits
 
@@ -292,21 +316,26 @@ def run_local(tasks: list[Task], jobs: int, log: Log) -> tuple[dict[str, int], s
     with stop_on_signals(forward) as stop:
         while pending or running:
             while pending and len(running) < max(1, jobs) and not (stop or interrupted):
+                gpu = placer.place(child_need_bytes(pending[0].memory_bytes)) if placer else None
+                if placer and gpu is None:
+                    break  # no GPU has room: wait for a running child to end
                 slot = min(set(range(max(1, jobs))) - set(running))
                 task = pending.pop(0)
-                log(task.note)
+                log(task.note + (f" (GPU {gpu})" if gpu is not None else ""))
                 proc = subprocess.Popen(task.cmd, stdout=subprocess.DEVNULL, start_new_session=True,
-                                        env=child_environment(slot, jobs))
+                                        env=child_environment(slot, jobs, gpu=gpu))
                 keep_priority(proc.pid)
-                running[slot] = (task, proc, time.perf_counter())
+                running[slot] = (task, proc, time.perf_counter(), gpu)
             if not running:
                 break
             time.sleep(0.2)
-            for slot, (task, proc, start) in list(running.items()):
+            for slot, (task, proc, start, gpu) in list(running.items()):
                 code = proc.poll()
                 if code is None:
                     continue
                 del running[slot]
+                if placer and gpu is not None:
+                    placer.release(gpu, child_need_bytes(task.memory_bytes))
                 if stop or code == 130:
                     interrupted = stop.signal or interrupted or "SIGINT"
                     continue
@@ -349,7 +378,8 @@ class Execution:
         """Run ``tasks`` (see :func:`run_local` and :func:`run_submitit`); ``folder`` holds submitit's
         job files, ``device`` is the children's ``train.device``. Returns (exit codes, interruption)."""
         if self.executor == "local":
-            return run_local(tasks, self.jobs, log)
+            gpus = gpu_inventory() if device != "cpu" and self.jobs > 1 else None
+            return run_local(tasks, self.jobs, log, gpus=gpus)
         local = self.executor == "submitit-local"
         return run_submitit(tasks, self.jobs, log, folder, cluster="local" if local else "slurm",
                             timeout_min=self.timeout_min, slurm_partition=self.slurm_partition,
@@ -468,6 +498,15 @@ def run_sweep(base: Config, spec: SweepSpec, *, sweep_dir: Path | None = None, s
     return sweep_id, parent.run_id, status
 
 
+def _iteration_bytes(base: Config, batch_size: int, in_channels: int, out_channels: int) -> int:
+    """A child's estimated training-iteration memory (its GPU placement): the base network at the
+    child's batch size, on the config's patch, or the largest derived patch when it is null."""
+    from medseg.models.memory import training_memory_bytes
+    patch = base.sampling.patch_size or (round(base.sampling.max_patch_voxels ** (1 / 3)),) * 3
+    return training_memory_bytes(list(base.model.filters), list(base.model.strides), patch, batch_size, in_channels,
+                                 out_channels)
+
+
 def _tasks(base: Config, spec: SweepSpec, sweep_id: str, sweep_dir: Path, parent: Tracker, dataset, python: str,
            log: Log) -> tuple[list[Task], dict[str, str]]:
     """The command of each child still to run (a resume where its last run left a checkpoint, else a
@@ -509,5 +548,6 @@ def _tasks(base: Config, spec: SweepSpec, sweep_id: str, sweep_dir: Path, parent
             cmd = [python, "-m", "medseg", "train", "--quiet", "--config", str(path)]
             note = (f"{cfg.train.epochs * cfg.train.iterations_per_epoch} iterations at batch size "
                     f"{child.batch_size}, lr {cfg.train.lr:.3g}" + (f" (measured {seconds:.3f} s/it)" if seconds else ""))
-        tasks.append(Task(child.key, cmd, f"[{i}/{len(children)}] {child.key}: {note}"))
+        tasks.append(Task(child.key, cmd, f"[{i}/{len(children)}] {child.key}: {note}",
+                          _iteration_bytes(base, child.batch_size, len(dataset.modality), dataset.num_classes)))
     return tasks, status

@@ -79,3 +79,47 @@ def test_a_sweep_refuses_auto_before_any_run(override, tmp_path):
     with pytest.raises(ConfigError, match="medseg plan"):
         run_sweep(cfg, SweepSpec(norms=("instance",), batch_sizes=(1,), seeds=(0,), budget="samples", budget_value=6))
     assert not list(tmp_path.iterdir())  # nothing written, no MLflow run
+
+
+GIB = 1 << 30
+
+
+def test_children_are_placed_on_gpus_by_memory():
+    """A faked inventory: 8 children of 2 GiB on one 139 GiB GPU all go to GPU 0; on two GPUs 4 each;
+    a child too large for what is left waits, and one too large for any GPU is refused."""
+    from medseg.study.gpus import Gpu, GpuPlacer, child_need_bytes
+    need = child_need_bytes(2 * GIB)
+    one = GpuPlacer([Gpu(0, 139 * GIB)])
+    assert [one.place(need) for _ in range(8)] == [0] * 8
+    two = GpuPlacer([Gpu(0, 139 * GIB), Gpu(1, 139 * GIB)])
+    placed = [two.place(need) for _ in range(8)]
+    assert placed.count(0) == placed.count(1) == 4
+    small = GpuPlacer([Gpu(0, 10 * GIB)])
+    big = child_need_bytes(5 * GIB)  # 7.5 GiB with the CUDA context and the safety factor
+    assert small.place(big) == 0 and small.place(big) is None  # the second waits
+    small.release(0, big)
+    assert small.place(big) == 0  # ... until the first ends
+    assert not small.fits_ever(child_need_bytes(20 * GIB))
+
+
+def test_run_local_gives_each_child_its_placed_gpu_and_makes_the_others_wait(tmp_path):
+    """Three children on one faked GPU with room for two: two start, the third waits for one of them;
+    each child sees the GPU it was placed on (CUDA_VISIBLE_DEVICES). A child that fits no GPU is
+    refused before any starts."""
+    import sys
+
+    from medseg.errors import MedsegError
+    from medseg.study.gpus import Gpu, child_need_bytes
+    from medseg.study.sweep import Task, run_local
+    code = ("import os, sys, time; open(sys.argv[1], 'w').write(os.environ.get('CUDA_VISIBLE_DEVICES', '-') + ' ' + "
+            "repr(time.time())); time.sleep(0.6); open(sys.argv[1], 'a').write(' ' + repr(time.time()))")
+    tasks = [Task(f"c{i}", [sys.executable, "-c", code, str(tmp_path / f"c{i}")], f"c{i}", 2 * GIB) for i in range(3)]
+    gpus = [Gpu(3, 2 * child_need_bytes(2 * GIB))]  # room for two
+    codes, interrupted = run_local(tasks, jobs=3, log=lambda s: None, gpus=gpus)
+    assert codes == {"c0": 0, "c1": 0, "c2": 0} and interrupted is None
+    spans = {k: (tmp_path / k).read_text().split() for k in codes}
+    assert {v[0] for v in spans.values()} == {"3"}
+    first_end = min(float(spans["c0"][2]), float(spans["c1"][2]))
+    assert float(spans["c2"][1]) >= first_end - 0.05  # the third started when one of the first two had ended
+    with pytest.raises(MedsegError, match="c9 needs about"):
+        run_local([Task("c9", [sys.executable, "-c", "0"], "c9", 100 * GIB)], jobs=2, log=lambda s: None, gpus=gpus)
