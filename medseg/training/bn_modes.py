@@ -25,7 +25,7 @@ import torch
 from medseg.keys import BN_MODE_CASE_DICE, BN_MODE_DICE_MEAN
 from medseg.models.norms import batch_statistics, precise_batch_norm
 from medseg.progress import ProgressFn, silent
-from medseg.training.validation import Validator, case_dice_key
+from medseg.training.validation import Validator
 
 PRECISE_BN_PATCHES = 480  # training patches (stream indices 0..479) that re-estimate the statistics
 
@@ -69,17 +69,10 @@ def batch_norm_modes(validator: Validator, batches, progress: ProgressFn = silen
     out: dict[str, float] = {}
     with batch_statistics(network):
         window = Validator(network, validator.volumes, one_window, validator.plan, validator.amp, validator.info)
-        out.update(_case_metrics(window, window.run(progress=progress), "window"))
+        out.update(window.case_metrics(window.run(progress=progress), BN_MODE_CASE_DICE["window"],
+                                       BN_MODE_DICE_MEAN["window"]))
     precise_net = precise_batch_norm(network, batches)
     precise = Validator(precise_net, validator.volumes, validator.inferer, validator.plan, validator.amp, validator.info)
-    out.update(_case_metrics(precise, precise.run(progress=progress), "precise"))
-    return out
-
-
-def _case_metrics(validator: Validator, val: dict, mode: str) -> dict[str, float]:
-    out = {}
-    for case in val["cases"]:
-        for k, name in validator.plan.foreground_labels.items():
-            out[case_dice_key(case["case_id"], name, prefix=BN_MODE_CASE_DICE[mode])] = case[k]["dice"]
-    out[BN_MODE_DICE_MEAN[mode]] = validator.dice_by_label(val)[1]
+    out.update(precise.case_metrics(precise.run(progress=progress), BN_MODE_CASE_DICE["precise"],
+                                    BN_MODE_DICE_MEAN["precise"]))
     return out

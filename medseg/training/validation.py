@@ -134,14 +134,18 @@ class Validator:
             val = self._latest[1]
         else:  # resumed after the last epoch's validation
             val = self.run(progress=progress)
-        out = {}
-        for case in val["cases"]:
-            for k, name in self.plan.foreground_labels.items():
-                out[case_dice_key(case["case_id"], name)] = case[k]["dice"]
-        out[FINAL_DICE_MEAN] = self.dice_by_label(val)[1]
+        out = self.case_metrics(val, FINAL_CASE_DICE, FINAL_DICE_MEAN)
         # on every rank: under DDP a synchronized batch norm's train-mode forward is a collective
         dep = batch_dependence(self.network, self.centre_patches(BATCH_DEPENDENCE_PATCHES))
         out[BATCH_DEPENDENCE_TRAIN], out[BATCH_DEPENDENCE_EVAL] = dep["train"], dep["eval"]
+        return out
+
+    def case_metrics(self, val: dict, case_prefix: str, mean_key: str) -> dict[str, float]:
+        """A :meth:`run` result as MLflow metrics: ``<case_prefix>/<case>/<label>`` for every case and
+        foreground label, and their mean under ``mean_key``."""
+        out = {case_dice_key(case["case_id"], name, prefix=case_prefix): case[k]["dice"]
+               for case in val["cases"] for k, name in self.plan.foreground_labels.items()}
+        out[mean_key] = self.dice_by_label(val)[1]
         return out
 
     def centre_patches(self, n: int) -> torch.Tensor:
