@@ -170,15 +170,17 @@ class TrainConfig(_Strict):
                                                    "and on GPU tensor cores).")
     sync_bn: bool = Field(True, description="Under DDP (torchrun), norm=batch uses SyncBatchNorm: statistics over "
                                             "the global batch; false keeps per-GPU batch norm.")
-    compile: bool = Field(False, description="torch.compile the network for training (TorchInductor; needs a C++ "
-                                             "compiler on CPU). The first iterations are slower while it compiles.")
+    compile: bool | Auto = Field(AUTO, description="torch.compile the network for training (TorchInductor; needs a "
+                                 "C++ compiler). The first iterations are slower while it compiles. auto: on for CUDA "
+                                 "runs long enough to repay the compilation (see medseg.devices.effective_compile), "
+                                 "off on CPU; the run's `compile` tag says what ran.")
     checkpoint_every_iterations: int | None = Field(
         None, ge=1, description="Also checkpoint every N iterations (a checkpoint is always written each epoch).")
 
     @model_validator(mode="after")
     def _compiler_for_compile(self):
         cxx = os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")  # what TorchInductor runs
-        if self.compile and not shutil.which(cxx):
+        if self.compile is True and not shutil.which(cxx):
             raise ValueError(f"train.compile needs the C++ compiler TorchInductor runs ({cxx}: $CXX, else g++; "
                              "clang++ on macOS), which is not on PATH; install it or set train.compile: false")
         return self

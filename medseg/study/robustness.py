@@ -67,11 +67,21 @@ def ranking_holds(comparisons: list[Comparison]) -> tuple[str, str]:
 def recipe_differences(parents: dict[str, dict[str, str]]) -> dict[str, list[str]]:
     """The sweep parameters (parent-run params, ``base.*`` and ``sweep.*``) whose values differ
     between sweeps: ``{param: [value in each sweep]}``; the cells' and bookkeeping params are left
-    out (:data:`_NOT_RECIPE`, ``base.tracking.*``)."""
+    out (:data:`_NOT_RECIPE`, ``base.tracking.*``), and so is a config key that a sweep run by an
+    older medseg did not record while every sweep that records it has the key's default: that sweep
+    ran with the behaviour the default keeps."""
+    from medseg.config import Config, flatten
+    defaults = {f"base.{k}": str(v) for k, v in flatten(Config()).items()}
     keys = sorted(set().union(*parents.values()))
     keys = [k for k in keys if k not in _NOT_RECIPE and not k.startswith("base.tracking.")]
-    return {k: [p.get(k, "-") for p in parents.values()] for k in keys
-            if len({p.get(k, "-") for p in parents.values()}) > 1}
+    out = {}
+    for k in keys:
+        values = [p.get(k, "-") for p in parents.values()]
+        recorded = {v for v in values if v != "-"}
+        if len(set(values)) <= 1 or ("-" in values and recorded == {defaults.get(k)}):
+            continue
+        out[k] = values
+    return out
 
 
 def build_robustness_report(tracking_uri: str, experiment: str, sweep_ids: list[str], folder: Path,

@@ -222,7 +222,7 @@ def _measure_seconds_per_iteration(base: Config, child: Child, in_channels: int,
         if base.sampling.patch_size is None:
             raise ConfigError("a minutes budget needs sampling.patch_size in the config", "sampling.patch_size")
         net = build_unet(NetworkSpec.from_config(base.model, in_channels, num_classes, norm=child.norm))
-        variant = StepVariant(base.train.amp, base.train.channels_last, base.train.compile)
+        variant = StepVariant(base.train.amp, base.train.channels_last, base.train.compile is True)  # auto: eager here
         cache[key] = time_training_step(net, base.sampling.patch_size, child.batch_size, steps=3, warmup=1,
                                         variant=variant)
     return cache[key]

@@ -23,7 +23,7 @@ from medseg.config import Config, config_to_yaml, flatten
 from medseg.data import kfold_splits, load_or_compute_fingerprint, read_dataset
 from medseg.data.dataset import case_list_digest
 from medseg.data.folds import save_split
-from medseg.devices import resolve_device
+from medseg.devices import effective_compile, resolve_device
 from medseg.errors import ConfigError, Interrupted, MedsegError
 from medseg.inference.pyfunc import LOGGED_MODEL_NAME
 from medseg.inference.sliding_window import make_inferer
@@ -183,6 +183,8 @@ class RunContext:
         info: DDP rank info. progress, log: progress bars and log lines (silent on ranks > 0).
         run_dir: the run folder. tracker: its MLflow run (a no-op :class:`RankTracker` on ranks > 0).
         network_plan: what the planner chose for the config's ``auto`` values (None without any).
+        compile, compile_reason: whether the training step is compiled, and why
+            (:func:`medseg.devices.effective_compile`).
     """
 
     cfg: Config
@@ -196,6 +198,8 @@ class RunContext:
     run_dir: Path | None = None
     tracker: Tracker | RankTracker | None = None
     network_plan: NetworkPlan | None = None
+    compile: bool = False
+    compile_reason: str = ""
 
     @property
     def checkpoints(self) -> Path:
@@ -238,7 +242,9 @@ def _run(cfg: Config, resume_dir: Path | None, device: torch.device, info: dist.
         _check_resumable(resume_dir, cfg, fingerprint, split)
     _check_memory(cfg, net_spec, plan.patch_size, device)
     amp = effective_amp(device, cfg.train.amp)  # what runs: bf16 on CPU only where it is native
-    ctx = RunContext(cfg, plan, net_spec, device, amp, info, progress, log, network_plan=network_plan)
+    compiled, why = effective_compile(cfg.train.compile, device, cfg.train.epochs * cfg.train.iterations_per_epoch)
+    ctx = RunContext(cfg, plan, net_spec, device, amp, info, progress, log, network_plan=network_plan,
+                     compile=compiled, compile_reason=why)
     for reason in network_plan.reasons if network_plan else []:
         log(f"planned: {reason}")
     _open_run(ctx, spec.name, resumed[0] if resumed else None, resume_dir,
@@ -339,7 +345,7 @@ def _open_run(ctx: RunContext, dataset: str, state: TrainState | None, resume_di
     m = cfg.model
     tags = {"norm": m.norm, "batch_size": cfg.train.batch_size, "fold": cfg.data.fold, "dataset": dataset,
             "seed": cfg.seed, "world_size": info.world_size, "amp": ctx.amp, SINGLE_EXAMPLE_CONV_TAG: "onednn",
-            **cfg.tracking.tags}
+            "compile": ctx.compile, "compile_reason": ctx.compile_reason, **cfg.tracking.tags}
     if ctx.batch_statistics and info.enabled:
         tags["sync_bn"] = cfg.train.sync_bn
     if cfg.tracking.parent_run_id:
@@ -439,7 +445,7 @@ def _build(ctx: RunContext, network: torch.nn.Module, train_items: list[dict], v
         network.to(memory_format=torch.channels_last_3d)
     stream, val_volumes = _datasets(cfg, ctx.plan, train_items, val_items, ctx.progress, info.world_size)
     model = dist.wrap(network, info, device, sync_bn=t.sync_bn and ctx.batch_statistics)
-    if t.compile:  # training forward only; validation runs the eager network (other window batch shapes)
+    if ctx.compile:  # training forward only; validation runs the eager network (other window batch shapes)
         model = torch.compile(model)
     sampler = EpochSampler()  # one loader for the run: persistent workers keep their cached volumes
     workers = cfg.data.num_workers

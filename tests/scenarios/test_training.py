@@ -31,6 +31,7 @@ def test_mlflow_params_tags_metrics(trained):
     t = run.data.tags
     assert t["norm"] == "instance" and t["batch_size"] == "2" and t["fold"] == "1"
     assert t["dataset"] == "Hippocampus" and t["medseg_version"] and t["git_commit"]
+    assert t["compile"] == "False" and t["compile_reason"] == "auto: not on CPU"  # what train.compile: auto chose
     assert t["amp"] == effective_amp("cpu", "bf16")  # what ran: bf16 where this CPU has it natively
     assert t["medseg.single_example_conv"] == "onednn"  # tells these runs from those before the routing
     for key in ("train_loss", "learning_rate", "val_dice_Anterior", "val_dice_Posterior", "val_dice_mean",

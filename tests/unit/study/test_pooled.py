@@ -74,3 +74,14 @@ def test_medseg_report_pool_refuses_one_sweep_in_one_line(store, tmp_path, capsy
     err = capsys.readouterr().err
     assert code == 2 and "--pool needs two or more --sweep" in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_config_key_newer_than_a_sweep_differs_only_off_its_default():
+    """A sweep run before a config key existed did not record it; a newer sweep that records the key's
+    default ran the same recipe, and one that records another value did not."""
+    from medseg.study.robustness import recipe_differences
+    old = {"base.train.lr": "0.001"}
+    assert recipe_differences({"a": old, "b": {**old, "base.model.plan_memory_gb": "None"}}) == {}
+    assert recipe_differences({"a": old, "b": {**old, "base.model.plan_memory_gb": "4.0"}}) == {
+        "base.model.plan_memory_gb": ["-", "4.0"]}
+    assert recipe_differences({"a": old, "b": {"base.train.lr": "0.003"}}) == {"base.train.lr": ["0.001", "0.003"]}
