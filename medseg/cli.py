@@ -66,6 +66,9 @@ def train(
                                         "Registry under this name (sets tracking.register_model)."),
     alias: str | None = typer.Option(None, "--alias", help="Alias of the registered version (default: champion; "
                                      "sets tracking.register_alias)."),
+    init_from: str | None = typer.Option(None, "--init-from", help="Fine-tune: start from a trained model's weights "
+                                         "(a model directory, models:/NAME@ALIAS or runs:/RUN_ID/medseg_model); "
+                                         "layers that match in name and shape are loaded (sets train.init_from)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines."),
 ):
     """Train a 3D U-Net on an MSD dataset and validate it on one fold; log everything to MLflow."""
@@ -76,7 +79,7 @@ def train(
     overrides = list(set_) + _option_overrides({
         "data.root": data, "data.fold": fold, "tracking.experiment": experiment,
         "train.deterministic": "true" if deterministic else None, "tracking.register_model": register,
-        "tracking.register_alias": alias, "tracking.tracking_uri": tracking_uri})
+        "tracking.register_alias": alias, "tracking.tracking_uri": tracking_uri, "train.init_from": init_from})
     if alias and not register:
         raise MedsegError("--alias names the registered version: use it with --register NAME", "--alias")
     resume_dir = None

@@ -174,6 +174,9 @@ class TrainConfig(_Strict):
                                  "C++ compiler). The first iterations are slower while it compiles. auto: on for CUDA "
                                  "runs long enough to repay the compilation (see medseg.devices.effective_compile), "
                                  "off on CPU; the run's `compile` tag says what ran.")
+    init_from: str | None = Field(None, description="Start from a trained model's weights (fine-tuning): a model "
+                                  "directory or an MLflow model URI (models:/..., runs:/...). Layers that match in "
+                                  "name and shape are loaded, the others start fresh.")
     checkpoint_every_iterations: int | None = Field(
         None, ge=1, description="Also checkpoint every N iterations (a checkpoint is always written each epoch).")
 

@@ -69,6 +69,7 @@ from medseg.training.state import (
     save_training_state,
 )
 from medseg.models.planner import NETWORK_PLAN_FILE, NetworkPlan
+from medseg.training.init_from import initialize_from
 from medseg.training.planning import resolve_auto
 from medseg.training.bn_modes import PRECISE_BN_PATCHES, batch_norm_modes, training_batches
 from medseg.training.validation import Validator
@@ -247,8 +248,13 @@ def _run(cfg: Config, resume_dir: Path | None, device: torch.device, info: dist.
                      compile=compiled, compile_reason=why)
     for reason in network_plan.reasons if network_plan else []:
         log(f"planned: {reason}")
+    init_tags = {}
+    if cfg.train.init_from and resumed is None:  # fine-tuning; a resumed run continues from its own checkpoint
+        init_tags = initialize_from(network, cfg.train.init_from, plan, cfg.tracking.tracking_uri, log)
     _open_run(ctx, spec.name, resumed[0] if resumed else None, resume_dir,
               f"{len(train_items)} training / {len(val_items)} validation cases")
+    if init_tags:
+        ctx.tracker.set_tags(init_tags)
     try:
         if resumed is None and info.is_main:
             _record_inputs(ctx, spec, fingerprint, split)

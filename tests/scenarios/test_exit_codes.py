@@ -404,12 +404,13 @@ def test_a_sweep_whose_child_fails_exits_1_and_says_which(tmp_path):
     assert "instance_bs1_seed0" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_plan_prints_and_writes_the_planned_network(tmp_path):
-    """`medseg plan` on the embedded sample: the table, a reason per decision, the JSON; a folder
-    as --output is refused with one line and nothing written."""
+def test_plan_prints_and_writes_the_planned_network(tmp_path, trained):
+    """`medseg plan` on the embedded sample (its fingerprint cached by the shared training): the
+    table, a reason per decision, the JSON; a folder as --output is refused with one line and
+    nothing written."""
     out = tmp_path / "plan.json"
-    proc = medseg("plan", "--data", SAMPLE, "--device", "cuda", "--output", out, "--cache-dir", tmp_path / "cache",
-                  cwd=tmp_path)
+    proc = medseg("plan", "--data", SAMPLE, "--device", "cuda", "--output", out, "--cache-dir",
+                  trained["work"] / "cache", cwd=tmp_path)
     assert proc.returncode == EXIT_OK, proc.stdout + proc.stderr
     plan = json.loads(out.read_text())
     assert plan["filters"][0] == 32 and len(plan["filters"]) == len(plan["strides"]) == len(plan["kernel_sizes"])

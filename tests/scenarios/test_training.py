@@ -142,3 +142,28 @@ def test_system_metrics_are_logged_by_the_training_run(trained):
     metrics = trained["client"].get_run(trained["run"].info.run_id).data.metrics
     assert 0 <= metrics["system/cpu_utilization_percentage"] <= 100
     assert metrics["system/system_memory_usage_megabytes"] > 0
+
+
+def test_a_fine_tuned_run_starts_at_the_source_models_dice(trained, tmp_path):
+    """--init-from the shared trained model (fold 1), with a learning rate too small to move the
+    weights: its first validation gives the source model's Dice on the same cases (the same
+    weights), where a fresh network gives chance. Every tensor matched, so none was skipped."""
+    from medseg.cli import app
+    src = trained["client"].get_run(trained["run"].info.run_id)
+    best = int(src.data.tags["best_epoch"])
+    source_dice = {m.step: m.value for m in trained["client"].get_metric_history(src.info.run_id, "val_dice_mean")}[best]
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    result = CliRunner().invoke(app, [
+        "train", "--config", str(ROOT / "configs/demo.yaml"), "--data", str(SAMPLE), "--fold", "1", "--quiet",
+        "--tracking-uri", uri, "--init-from", str(trained["run_dir"] / "model"),
+        "--set", f"output_dir={tmp_path / 'runs'}", "--set", f"data.cache_dir={trained['work'] / 'cache'}",
+        "--set", "train.epochs=1", "--set", "train.iterations_per_epoch=1", "--set", "train.lr=1e-12",
+        "--set", "data.cache=none", "--set", "validation.hd95=false", "--set", "tracking.log_model=false"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    tuned = client.get_metric_history(run.info.run_id, "val_dice_mean")[0].value
+    # the same weights up to one step of 1e-12: the Dice agrees to float rounding of the argmax
+    assert abs(tuned - source_dice) < 1e-3, (tuned, source_dice)
+    assert run.data.tags["init_skipped"] == "0" and int(run.data.tags["init_loaded"]) > 10
+    assert run.data.tags["init_plan_differs"] == "none"

@@ -64,3 +64,30 @@ def test_a_planned_network_with_per_level_kernels_builds_saves_and_loads(tmp_pat
     loaded = load_model_dir(save_model_dir(tmp_path / "model", net, p, spec))
     with torch.no_grad():
         assert torch.equal(loaded.network(x), y)
+
+
+def test_init_from_loads_what_matches_and_names_what_differs(tmp_path):
+    """A source with 3 classes into a network with 4: the output heads start fresh, every other
+    tensor is copied; the label difference is named in a warning."""
+    from medseg.models import NetworkSpec, build_unet
+    from medseg.models.directory import save_model_dir
+    from medseg.plan import Plan
+    from medseg.training.init_from import initialize_from
+    small = dict(filters=[8, 16, 32], strides=[1, 2, 2])
+    src_plan = Plan(modality=["MRI"], labels={0: "bg", 1: "a", 2: "b"}, target_spacing=(1.0, 1.0, 1.0),
+                    patch_size=(16, 16, 16))
+    source = build_unet(NetworkSpec(1, 3, **small), seed=1)
+    folder = save_model_dir(tmp_path / "model", source, src_plan, NetworkSpec(1, 3, **small))
+    target = build_unet(NetworkSpec(1, 4, **small), seed=2)
+    new_plan = Plan(modality=["MRI"], labels={0: "bg", 1: "a", 2: "b", 3: "c"}, target_spacing=(1.0, 1.0, 1.0),
+                    patch_size=(16, 16, 16))
+    lines = []
+    tags = initialize_from(target, str(folder), new_plan, log=lines.append)
+    theirs, ours = source.state_dict(), target.state_dict()
+    same = [k for k in ours if k in theirs and theirs[k].shape == ours[k].shape]
+    assert all(torch.equal(ours[k], theirs[k]) for k in same)
+    assert int(tags["init_loaded"]) == len(same) and int(tags["init_skipped"]) == len(ours) - len(same) > 0
+    assert "labels" in tags["init_plan_differs"] and any(line.startswith("warning:") for line in lines)
+    other = build_unet(NetworkSpec(1, 3, filters=[4, 8, 12], strides=[1, 2, 2]))
+    with pytest.raises(Exception, match="no layer of this model matches"):
+        initialize_from(other, str(folder), src_plan)
