@@ -481,10 +481,7 @@ def report(
     uri = existing_store(tracking_uri)
     sweep_ids = sweep_ids or []
     for sid in sweep_ids:
-        try:
-            check_sweep_id(sid, "--sweep")
-        except ValueError as e:
-            raise MedsegError(str(e), "--sweep") from None
+        check_sweep_id(sid, "--sweep")
     if pool and len(sweep_ids) < 2:
         raise MedsegError("--pool needs two or more --sweep", "--pool")
     if len(sweep_ids) > 1:
@@ -503,11 +500,8 @@ def report(
         sweep_id = sweep_ids[0] if sweep_ids else None
         if output is None:  # reports/<the sweep's id>, an id read from the store: only a plain name names a folder
             _, parent = find_sweep(Tracker.client_for(uri), experiment, sweep_id)
-            stored = parent.data.tags.get(SWEEP_ID_TAG, "")
-            try:
-                output = Path("reports") / check_sweep_id(stored, "the store's sweep id")
-            except ValueError as e:
-                raise MedsegError(f"{e}; give the report folder with --output", uri) from None
+            output = Path("reports") / check_sweep_id(parent.data.tags.get(SWEEP_ID_TAG, ""), "the store's sweep id",
+                                                      hint="; give the report folder with --output")
         result = build_report(uri, experiment, output, sweep_id, log_to_parent=not no_log,
                               plateau_delta=plateau_delta, negligible=negligible)
     out.print(_summary_table(result))

@@ -28,6 +28,11 @@ AUTO = "auto"  # a value the dataset decides: planned at the start of training (
 Auto = Literal["auto"]
 
 
+def inductor_compiler() -> str:
+    """The C++ compiler TorchInductor runs: ``$CXX``, else g++ (clang++ on macOS)."""
+    return os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -182,7 +187,7 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _compiler_for_compile(self):
-        cxx = os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")  # what TorchInductor runs
+        cxx = inductor_compiler()
         if self.compile is True and not shutil.which(cxx):
             raise ValueError(f"train.compile needs the C++ compiler TorchInductor runs ({cxx}: $CXX, else g++; "
                              "clang++ on macOS), which is not on PATH; install it or set train.compile: false")

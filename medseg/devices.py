@@ -51,10 +51,10 @@ def effective_compile(setting: bool | str, device: torch.device, iterations: int
     """
     if setting is True or setting is False:
         return setting, "train.compile is set"
-    import os
     import shutil
-    import sys
-    cxx = os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")
+
+    from medseg.config import inductor_compiler
+    cxx = inductor_compiler()
     if device.type != "cuda":
         return False, "auto: not on CPU"
     if not shutil.which(cxx):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from medseg.errors import ConfigError
+
 _MLFLOW_KEY_REFUSED = re.compile(r"[^A-Za-z0-9_\-. /]")
 
 
@@ -18,16 +20,16 @@ def mlflow_key(text: str, *, allow_slash: bool = True) -> str:
 SWEEP_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a sweep id: a plain name (a folder, a query)
 
 
-def check_sweep_id(sweep_id: str, where: str = "--sweep-id") -> str:
+def check_sweep_id(sweep_id: str, where: str = "--sweep-id", hint: str = "") -> str:
     """``sweep_id`` if it is a plain name (letters, digits, ``. _ -``, not starting with ``.`` or
     ``-``, at most 100 characters), so it can name a folder and be put in an MLflow query.
 
     Raises:
-        ValueError: naming ``where`` and what a sweep id may hold.
+        ConfigError: naming ``where`` and what a sweep id may hold (then ``hint``).
     """
     if not isinstance(sweep_id, str) or not SWEEP_ID_PATTERN.fullmatch(sweep_id):
-        raise ValueError(f"{where}: a sweep id is a plain name of letters, digits, '.', '_' and '-' (starting with a "
-                         f"letter or digit, at most 100 characters), not {sweep_id!r:.80}")
+        raise ConfigError(f"a sweep id is a plain name of letters, digits, '.', '_' and '-' (starting with a letter "
+                          f"or digit, at most 100 characters), not {sweep_id!r:.80}{hint}", where)
     return sweep_id
 
 
@@ -45,6 +47,7 @@ FINAL_CASE_DICE = "final_case_dice"  # final_case_dice/<case id>/<label name>
 # a batch-norm run's final network inferred with other statistics (medseg/training/bn_modes.py):
 # "running" is the default (FINAL_CASE_DICE), "window" each window's own, "precise" re-estimated
 BN_MODES = ("running", "window", "precise")
+PRECISE_BN_PATCHES = 480  # training patches (stream indices 0..479) that re-estimate batch norm's statistics
 BN_MODE_CASE_DICE = {"running": FINAL_CASE_DICE, "window": "final_bn_window_case_dice",
                      "precise": "final_bn_precise_case_dice"}
 BN_MODE_DICE_MEAN = {"running": FINAL_DICE_MEAN, "window": "final_bn_window_dice_mean",

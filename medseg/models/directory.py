@@ -87,10 +87,10 @@ def _check_weights_size(weights: Path, network: torch.nn.Module) -> None:
             bytes (with :data:`WEIGHTS_SLACK_BYTES` and 10 % to spare).
     """
     import zipfile
-    expected = sum(t.numel() * t.element_size() for t in network.state_dict().values())
-    allowed = int(expected * 1.1) + WEIGHTS_SLACK_BYTES
     if not zipfile.is_zipfile(weights):  # torch's legacy format is not compressed: its size is the file's
         return
+    expected = sum(t.numel() * t.element_size() for t in network.state_dict().values())
+    allowed = int(expected * 1.1) + WEIGHTS_SLACK_BYTES
     with zipfile.ZipFile(weights) as archive:
         unpacked = sum(info.file_size for info in archive.infolist())
     if unpacked > allowed:

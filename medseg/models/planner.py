@@ -188,17 +188,15 @@ def plan_network(fingerprint: dict, device: str = "cpu", memory_gb: float | None
     if not budget_gb > 0:
         raise ConfigError(f"the memory budget must be positive, got {budget_gb:g} GB", "--memory-gb")
     budget = budget_gb * 2**30
-    cases = list(fingerprint["cases"].values())
-    spacings = np.array([c["spacing"] for c in cases], dtype=float)
-    shapes = np.array([c["shape"] for c in cases], dtype=float)
+    spacings, shapes = _case_geometry(fingerprint)
     if spacing is None:
         spacing, why_spacing = target_spacing(spacings)
     else:
         spacing, why_spacing = tuple(float(v) for v in spacing), "given"
     resampled = shapes * spacings / np.asarray(spacing)  # each case's shape at the target spacing
     median_shape = np.median(resampled, axis=0)
-    dataset_voxels = float(np.sum(np.prod(resampled, axis=1)))
-    in_ch, out_ch = len(fingerprint["modality"]), max(int(k) for k in fingerprint["labels"]) + 1
+    total_voxels = float(np.sum(np.prod(resampled, axis=1)))
+    in_ch, out_ch = fingerprint_channels(fingerprint)
     reasons = [f"target spacing {_mm(spacing)}: {why_spacing}"]
 
     if patch_size is not None:
@@ -230,7 +228,7 @@ def plan_network(fingerprint: dict, device: str = "cpu", memory_gb: float | None
     if patch_size is None:
         reasons.append(f"patch {_vox(patch)}: the largest, shrinking the axis largest relative to the median shape, "
                        f"whose training iteration at batch {MIN_BATCH} fits {budget_gb:g} GB")
-    batch, why_batch = planned_batch(filters, topo.strides, patch, in_ch, out_ch, dataset_voxels, budget_gb)
+    batch, why_batch = planned_batch(filters, topo.strides, patch, in_ch, out_ch, total_voxels, budget_gb)
     reasons.append(why_batch)
     reasons.append(f"{len(topo.strides)} levels: an axis is downsampled while its feature map keeps >= "
                    f"{MIN_FEATURE_MAP} voxels and its spacing is within {POOL_SPACING_RATIO:g}x of the finest; "
@@ -243,11 +241,20 @@ def plan_network(fingerprint: dict, device: str = "cpu", memory_gb: float | None
                        estimate, reasons)
 
 
+def fingerprint_channels(fingerprint: dict) -> tuple[int, int]:
+    """The network's input channels (modalities) and output channels (classes, background included)."""
+    return len(fingerprint["modality"]), max(int(k) for k in fingerprint["labels"]) + 1
+
+
+def _case_geometry(fingerprint: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Every case's spacing (mm) and shape (voxels), (cases, 3) each, from the fingerprint."""
+    cases = list(fingerprint["cases"].values())
+    return (np.array([c["spacing"] for c in cases], dtype=float), np.array([c["shape"] for c in cases], dtype=float))
+
+
 def dataset_voxels(fingerprint: dict, spacing) -> float:
     """The dataset's voxels at ``spacing`` (mm): every case's volume in voxels after resampling."""
-    cases = list(fingerprint["cases"].values())
-    spacings = np.array([c["spacing"] for c in cases], dtype=float)
-    shapes = np.array([c["shape"] for c in cases], dtype=float)
+    spacings, shapes = _case_geometry(fingerprint)
     return float(np.sum(np.prod(shapes * spacings / np.asarray(spacing, dtype=float), axis=1)))
 
 

@@ -7,9 +7,8 @@ import torch
 from monai.networks.nets import DynUNet
 
 from medseg.config import ModelConfig
-from medseg.norm_registry import norm_spec
 from medseg.models.onednn_conv import route_single_examples_to_onednn
-from medseg.norm_registry import REGISTRY
+from medseg.norm_registry import REGISTRY, norm_spec
 
 _DEFAULT = ModelConfig()  # the defaults are the config schema's, written once there
 

@@ -33,24 +33,25 @@ import numpy as np
 
 from medseg.atomic import atomic_write_text, write_csv
 from medseg.errors import MedsegError
-from medseg.keys import check_sweep_id
 from medseg.keys import (
-    BN_MODE_CASE_DICE,
-    BN_MODE_DICE_MEAN,
-    BN_MODES,
     BATCH_DEPENDENCE_EVAL,
     BATCH_DEPENDENCE_TRAIN,
     BEST_DICE_MEAN,
+    BN_MODE_CASE_DICE,
+    BN_MODE_DICE_MEAN,
+    BN_MODES,
     FINAL_CASE_DICE,
     FINAL_DICE_MEAN,
     PATCHES_PER_SECOND,
     PEAK_MEMORY_MB,
+    PRECISE_BN_PATCHES,
     SECONDS_PER_ITERATION,
     SUPERSEDED_TAG,
     SWEEP_ID_TAG,
     SWEEP_ROLE_TAG,
     TRAIN_LOSS,
     VAL_DICE_MEAN,
+    check_sweep_id,
 )
 from medseg.norm_registry import NORMS
 from medseg.study.rules import NEGLIGIBLE, PLATEAU_DELTA, UNLEARNED_LABEL_DICE
@@ -83,10 +84,7 @@ def find_sweep(client, experiment: str, sweep_id: str | None = None):
             name (:func:`medseg.keys.check_sweep_id`).
     """
     if sweep_id is not None:
-        try:
-            check_sweep_id(sweep_id, "--sweep")
-        except ValueError as e:
-            raise MedsegError(str(e), sweep_id) from None
+        check_sweep_id(sweep_id, "--sweep")
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise MedsegError("no such MLflow experiment", experiment)
@@ -749,7 +747,8 @@ def _report_markdown(title: str, source: str, planned: list[tuple[str, int, int]
             "ways: with its running averages (`batch`, as medseg infers), with each sliding window normalized by "
             "its own statistics, one window per forward pass (`" + BN_WINDOW + "`: at batch size 1 exactly "
             "instance norm's computation, with batch norm's weights), and with population statistics re-estimated "
-            "from the final weights over 480 training patches at the child's batch size (`" + BN_PRECISE + "`, "
+            f"from the final weights over {PRECISE_BN_PATCHES} training patches at the child's batch size (`"
+            + BN_PRECISE + "`, "
             "precise BN: Wu & Johnson 2021). At batch size 1 batch norm trains as instance norm does, so the "
             "instance-norm child of the same seed is the reference for the window statistics. The same paired "
             "statistics, Holm-corrected across the "

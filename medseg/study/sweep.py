@@ -37,7 +37,6 @@ from typing import Literal
 from medseg.atomic import atomic_write_text
 from medseg.config import AUTO, Config, config_to_yaml, flatten
 from medseg.errors import ConfigError, Interrupted, MedsegError
-from medseg.keys import check_sweep_id
 from medseg.keys import (
     FAILED_CHILDREN_TAG,
     RUN_DIR_TAG,
@@ -45,6 +44,7 @@ from medseg.keys import (
     SWEEP_ID_TAG,
     SWEEP_KEY_TAG,
     SWEEP_ROLE_TAG,
+    check_sweep_id,
 )
 from medseg.signals import stop_on_signals
 from medseg.study.gpus import Gpu, GpuPlacer, child_need_bytes, gpu_inventory
@@ -463,10 +463,7 @@ def run_sweep(base: Config, spec: SweepSpec, *, sweep_dir: Path | None = None, s
     if base.data.root is None:
         raise ConfigError("no dataset: set data.root in the config or pass --data DIR", "data.root")
     if sweep_id is not None:
-        try:
-            check_sweep_id(sweep_id)
-        except ValueError as e:
-            raise ConfigError(str(e), "--sweep-id") from None
+        check_sweep_id(sweep_id)
     if base.model.planned or base.train.batch_size == AUTO:
         raise ConfigError("a sweep's children must share one network and know their batch size, so its base config "
                           "takes no `auto`: run `medseg plan --data DIR` and write the planned filters, strides, "

@@ -22,13 +22,10 @@ import copy
 
 import torch
 
-from medseg.keys import BN_MODE_CASE_DICE, BN_MODE_DICE_MEAN
+from medseg.keys import BN_MODE_CASE_DICE, BN_MODE_DICE_MEAN, PRECISE_BN_PATCHES
 from medseg.models.norms import batch_statistics, precise_batch_norm
 from medseg.progress import ProgressFn, silent
 from medseg.training.validation import Validator
-
-PRECISE_BN_PATCHES = 480  # training patches (stream indices 0..479) that re-estimate the statistics
-
 
 def training_batches(stream, batch_size: int, n_patches: int = PRECISE_BN_PATCHES, augmentation=None,
                      device: torch.device | None = None):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from medseg.config import AUTO, Config
-from medseg.models.planner import (DEFAULT_MEMORY_GB, NetworkPlan, dataset_voxels, plan_network, planned_batch,
+from medseg.models.planner import (NetworkPlan, dataset_voxels, fingerprint_channels, plan_network, planned_batch,
                                    planned_filters)
 
 
@@ -46,10 +46,8 @@ def resolve_auto(cfg: Config, fingerprint: dict, device: torch.device) -> tuple[
             doc["train"]["batch_size"] = plan.batch_size
         else:
             patch = cfg.sampling.patch_size or plan.patch_size
-            batch, why = planned_batch(doc["model"]["filters"], list(m.strides), patch, len(fingerprint["modality"]),
-                                       max(int(k) for k in fingerprint["labels"]) + 1,
-                                       dataset_voxels(fingerprint, plan.target_spacing),
-                                       m.plan_memory_gb or DEFAULT_MEMORY_GB[kind])
+            batch, why = planned_batch(doc["model"]["filters"], list(m.strides), patch, *fingerprint_channels(fingerprint),
+                                       dataset_voxels(fingerprint, plan.target_spacing), plan.memory_gb)
             doc["train"]["batch_size"] = batch
             plan.reasons.append(why + " (for the config's network)")
     return Config.model_validate(doc), plan

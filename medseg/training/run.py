@@ -35,6 +35,7 @@ from medseg.keys import (
     PATCHES_PER_SECOND,
     PEAK_MEMORY_MB,
     PLANNED_TAG,
+    PRECISE_BN_PATCHES,
     RUN_DIR_TAG,
     SECONDS_PER_ITERATION,
     SINGLE_EXAMPLE_CONV_TAG,
@@ -44,6 +45,7 @@ from medseg.keys import (
 from medseg.models import NetworkSpec, build_unet
 from medseg.models.directory import save_model_dir
 from medseg.models.memory import available_memory_bytes, peak_memory_mb, training_memory_bytes
+from medseg.models.planner import NETWORK_PLAN_FILE, NetworkPlan
 from medseg.norm_registry import REGISTRY
 from medseg.plan import Plan, make_plan
 from medseg.plots import learning_curve, overlay_slices
@@ -68,10 +70,9 @@ from medseg.training.state import (
     restore,
     save_training_state,
 )
-from medseg.models.planner import NETWORK_PLAN_FILE, NetworkPlan
+from medseg.training.bn_modes import batch_norm_modes, training_batches
 from medseg.training.init_from import initialize_from
 from medseg.training.planning import resolve_auto
-from medseg.training.bn_modes import PRECISE_BN_PATCHES, batch_norm_modes, training_batches
 from medseg.training.validation import Validator
 
 Log = Callable[[str], None]
